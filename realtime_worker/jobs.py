@@ -234,7 +234,7 @@ class Backoff:
     jitter: float = 0.5
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        raw = min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        raw = min(self.cap_seconds, self.base_seconds * 2.0 ** max(0, attempt - 1))
         low, high = 1 - self.jitter, 1 + self.jitter
         spread = rng.uniform(low, high) if rng else random.uniform(low, high)
         return max(0.0, min(self.cap_seconds, raw * spread))
