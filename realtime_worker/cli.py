@@ -1,0 +1,82 @@
+"""The ``realtime-worker`` command: one sub-command per task, each a small function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import anyio
+
+from realtime_worker import config, logs, migrate, sql
+from realtime_worker.errors import ConfigError, WorkerError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _tool_settings() -> config.ToolSettings:
+    settings = config.load(config.ToolSettings)
+    secrets = [settings.database_url.get_secret_value()] if settings.database_url else []
+    logs.configure(settings.log_format, settings.log_level, secrets)
+    return settings
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Print the migration SQL, for projects that manage migrations with the Supabase CLI."""
+    sys.stdout.write(sql.full_script())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the migration to DATABASE_URL."""
+    settings = _tool_settings()
+    if settings.database_url is None:
+        raise ConfigError("configuration error: DATABASE_URL is missing")
+    dsn = settings.database_url.get_secret_value()
+    applied = anyio.run(lambda: migrate.migrate(dsn, force=args.force))
+    for item in applied:
+        state = "already applied" if item.skipped else "applied"
+        print(f"{item.version}_{item.name}: {state}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realtime-worker", description=__doc__)
+    subs = parser.add_subparsers(dest="command", required=True)
+    subs.add_parser("sql", help=cmd_sql.__doc__).set_defaults(func=cmd_sql)
+    p = subs.add_parser("migrate", help=cmd_migrate.__doc__)
+    p.add_argument("--force", action="store_true", help="re-apply migrations already recorded")
+    p.set_defaults(func=cmd_migrate)
+    for register in EXTRA_COMMANDS:
+        register(subs)
+    return parser
+
+
+# Sub-commands defined in other modules add themselves here (devstack, run, dev, demo, ...).
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+
+
+def _cause_chain(exc: BaseException) -> str:
+    parts, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append(str(current) or type(current).__name__)
+        current = current.__cause__
+    return "\n  caused by: ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except WorkerError as exc:
+        print(f"realtime-worker: {_cause_chain(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

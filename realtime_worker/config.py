@@ -1,0 +1,133 @@
+"""Every setting, read from the environment (and `.env`) and validated once at start-up.
+
+Only the entry point calls :func:`load`; components receive typed values.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from typing import Any, Literal, TypeVar
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from realtime_worker.errors import ConfigError
+
+DEFAULT_MODEL = "gemini-3.1-flash-lite-image"
+
+# US cents per generated 1K image, from the public price list (see reference/gemini-api.md).
+PRICE_CENTS_PER_IMAGE: dict[str, float] = {
+    "gemini-3.1-flash-lite-image": 3.4,
+    "gemini-3.1-flash-image": 6.7,
+    "gemini-3-pro-image": 13.4,
+    "gemini-nano-banana-2.1": 3.36,
+    "gemini-2.5-flash-image": 3.9,
+}
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ToolSettings(BaseSettings):
+    """Settings every command reads: logging and the direct database URL for tools."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    log_format: Literal["pretty", "json"] = Field("pretty", validation_alias="LOG_FORMAT")
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = (
+        Field("INFO", validation_alias="LOG_LEVEL")
+    )
+    database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class WorkerSettings(ToolSettings):
+    """What `realtime-worker run` needs."""
+
+    supabase_url: str = Field(
+        validation_alias=AliasChoices("SUPABASE_URL", "NEXT_PUBLIC_SUPABASE_URL")
+    )
+    supabase_service_role_key: SecretStr = Field(validation_alias="SUPABASE_SERVICE_ROLE_KEY")
+    gemini_api_key: SecretStr = Field(validation_alias="GEMINI_API_KEY")
+    gemini_base_url: str | None = Field(None, validation_alias="GEMINI_BASE_URL")
+    gemini_model: str = Field(DEFAULT_MODEL, validation_alias="GEMINI_MODEL", min_length=1)
+    gemini_timeout_seconds: float = Field(120.0, validation_alias="GEMINI_TIMEOUT_SECONDS", gt=0)
+    worker_mode: Literal["realtime", "poll"] = Field("realtime", validation_alias="WORKER_MODE")
+    poll_interval_seconds: float = Field(5.0, validation_alias="POLL_INTERVAL_SECONDS", gt=0)
+    sweep_interval_seconds: float = Field(30.0, validation_alias="SWEEP_INTERVAL_SECONDS", gt=0)
+    max_concurrent_jobs: int = Field(4, validation_alias="MAX_CONCURRENT_JOBS", ge=1, le=512)
+    image_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, validation_alias="IMAGE_THREADS", ge=1, le=64
+    )
+    lease_seconds: int = Field(60, validation_alias="LEASE_SECONDS", ge=3, le=3600)
+    shutdown_grace_seconds: float = Field(8.0, validation_alias="SHUTDOWN_GRACE_SECONDS", ge=0)
+    port: int = Field(8080, validation_alias="PORT", ge=0, le=65535)
+    pause_worker: bool = Field(False, validation_alias="PAUSE_WORKER")
+    worker_id: str = Field(
+        default_factory=default_worker_id, validation_alias="WORKER_ID", min_length=1
+    )
+    clean_line_art: bool = Field(True, validation_alias="CLEAN_LINE_ART")
+
+    @field_validator("supabase_url", "gemini_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @property
+    def idle_interval_seconds(self) -> float:
+        """How often the sweep runs in this mode."""
+        if self.worker_mode == "poll":
+            return self.poll_interval_seconds
+        return self.sweep_interval_seconds
+
+    def cost_cents(self, model: str) -> int:
+        """Actual cost of one generated image, rounded up to a whole cent."""
+        price = PRICE_CENTS_PER_IMAGE.get(model, PRICE_CENTS_PER_IMAGE.get(self.gemini_model, 0.0))
+        return math.ceil(price)
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in logs, errors or metrics."""
+        values = [self.supabase_service_role_key, self.gemini_api_key, self.database_url]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
+S = TypeVar("S", bound=ToolSettings)
+
+
+def _env_name(settings_cls: type[BaseSettings], field: str) -> str:
+    info = settings_cls.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field.upper()
+
+
+def describe(error: ValidationError, settings_cls: type[BaseSettings]) -> str:
+    """One line per problem, each naming the environment variable, never echoing its value."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        name = _env_name(settings_cls, str(item["loc"][0])) if item["loc"] else "settings"
+        problem = "is missing" if item["type"] == "missing" else f"is invalid: {item['msg']}"
+        lines.append(f"{name} {problem}")
+    return "; ".join(lines)
+
+
+def load(settings_cls: type[S], **overrides: Any) -> S:
+    """Read and validate the settings once; a bad value raises ConfigError naming the variable."""
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"configuration error: {describe(exc, settings_cls)}") from None

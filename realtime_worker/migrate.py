@@ -1,0 +1,77 @@
+"""Applies the worker's migrations to a Postgres database (``realtime-worker migrate``).
+
+Each applied migration is recorded in ``realtime_worker.schema_migrations`` with a checksum; an
+advisory lock keeps two migrating processes from interleaving. The migrations are idempotent, so
+re-applying one (``force=True``) is harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import asyncpg
+
+from realtime_worker import sql
+from realtime_worker.errors import AdapterError
+
+_LOCK_KEY = 0x5277_6B72  # "Rwkr"
+
+_HISTORY = """
+create schema if not exists realtime_worker;
+create table if not exists realtime_worker.schema_migrations (
+  version text primary key,
+  name text not null,
+  checksum text not null,
+  applied_at timestamptz not null default now()
+);
+revoke all on schema realtime_worker from public;
+"""
+
+
+@dataclass(frozen=True)
+class Applied:
+    version: str
+    name: str
+    skipped: bool
+
+
+def checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def apply(conn: asyncpg.Connection, *, force: bool = False) -> list[Applied]:
+    """Apply every migration not yet recorded (all of them with ``force``), in one transaction each."""
+    await conn.execute("select pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        await conn.execute(_HISTORY)
+        done = {r["version"] for r in await conn.fetch(
+            "select version from realtime_worker.schema_migrations")}
+        return [await _apply_one(conn, m, skip=m.version in done and not force)
+                for m in sql.migrations()]
+    finally:
+        await conn.execute("select pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+async def _apply_one(conn: asyncpg.Connection, migration: sql.Migration, *, skip: bool) -> Applied:
+    if not skip:
+        async with conn.transaction():
+            await conn.execute(migration.sql)
+            await conn.execute(
+                """insert into realtime_worker.schema_migrations (version, name, checksum)
+                   values ($1, $2, $3) on conflict (version)
+                   do update set checksum = excluded.checksum, applied_at = now()""",
+                migration.version, migration.name, checksum(migration.sql))
+    return Applied(migration.version, migration.name, skipped=skip)
+
+
+async def migrate(dsn: str, *, force: bool = False) -> list[Applied]:
+    """Connect to ``dsn`` and apply the migrations."""
+    try:
+        conn = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise AdapterError(f"cannot connect to DATABASE_URL: {type(exc).__name__}") from exc
+    try:
+        return await apply(conn, force=force)
+    finally:
+        await conn.close()
