@@ -21,6 +21,8 @@ from realtime_worker.devstack import postgres
 
 RUN_TOKEN = secrets.token_hex(3)
 
+pytest_plugins = ["tests.devstack_fixtures"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:
