@@ -27,11 +27,15 @@ class Faults:
     # Gemini
     gemini_429_fraction: float = 0.0
     gemini_retry_delay_seconds: float = 7.0
+    gemini_429_per_day: bool = False  # 429s name a per-day quota (RPD) instead of per-minute
     gemini_500_fraction: float = 0.0
     gemini_503_fraction: float = 0.0
     gemini_safety_fraction: float = 0.0
+    gemini_safety_finish_reason: str = "IMAGE_SAFETY"  # finishReason of a refused candidate
     gemini_prompt_block_fraction: float = 0.0
+    gemini_block_reason: str = "PROHIBITED_CONTENT"  # promptFeedback.blockReason of a block
     gemini_no_image_fraction: float = 0.0
+    gemini_no_image_finish_reason: str = "STOP"  # finishReason of an answer without an image
     gemini_slow_fraction: float = 0.0
     gemini_slow_seconds: float = 300.0
     gemini_latency_seconds: float = 0.0
