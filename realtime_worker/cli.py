@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -10,6 +12,9 @@ import anyio
 
 from realtime_worker import config, logs, migrate, sql
 from realtime_worker.errors import ConfigError, WorkerError
+from realtime_worker.worker import ProcessorFactory, Worker
+
+DEFAULT_PROCESSOR = "realtime_worker.pipeline:open_pipeline"
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -40,6 +45,42 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_factory(path: str) -> ProcessorFactory:
+    """Import ``module:attribute`` (the processor factory the worker runs)."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        factory: ProcessorFactory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--processor {path!r} cannot be imported: {exc}") from exc
+    return factory
+
+
+def worker_settings(args: argparse.Namespace) -> config.WorkerSettings:
+    settings = config.load(config.WorkerSettings)
+    if getattr(args, "poll_only", False):
+        settings = settings.model_copy(update={"worker_mode": "poll"})
+    logs.configure(settings.log_format, settings.log_level, settings.secrets())
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the worker: Realtime wake-ups plus the sweep (or the sweep alone with --poll-only)."""
+    settings = worker_settings(args)
+    worker = Worker(settings, load_factory(args.processor))
+    anyio.run(functools.partial(worker.run, once=args.once))
+    return 0
+
+
+def _add_run(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subs.add_parser("run", help=cmd_run.__doc__)
+    p.add_argument("--poll-only", action="store_true",
+                   help="no Realtime: the sweep every POLL_INTERVAL_SECONDS is the only wake-up")
+    p.add_argument("--once", action="store_true", help="drain every due job, then exit")
+    p.add_argument("--processor", default=DEFAULT_PROCESSOR,
+                   help="module:factory of the job processor (tests use realtime_worker.testing:scripted)")
+    p.set_defaults(func=cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realtime-worker", description=__doc__)
     subs = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subs.add_parser("migrate", help=cmd_migrate.__doc__)
     p.add_argument("--force", action="store_true", help="re-apply migrations already recorded")
     p.set_defaults(func=cmd_migrate)
+    _add_run(subs)
     for register in EXTRA_COMMANDS:
         register(subs)
     return parser

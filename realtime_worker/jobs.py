@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 from uuid import UUID
 
-from realtime_worker.errors import PermanentJobError
+from realtime_worker.errors import JobError, PermanentJobError
 
 MAX_PROMPT_CHARS = 2000
 
@@ -238,3 +239,16 @@ class Backoff:
         low, high = 1 - self.jitter, 1 + self.jitter
         spread = rng.uniform(low, high) if rng else random.uniform(low, high)
         return max(0.0, min(self.cap_seconds, raw * spread))
+
+
+def retry_delay(error: JobError, attempt: int, max_attempts: int,
+                backoff: Backoff, rng: random.Random | None = None) -> int | None:
+    """Seconds until the next attempt, or None when the job should fail for good.
+
+    The server's requested delay (``retry_after``) wins over the backoff when it is longer.
+    """
+    if not error.retryable or attempt >= max_attempts:
+        return None
+    if error.max_retries is not None and attempt > error.max_retries:
+        return None
+    return math.ceil(max(error.retry_after or 0.0, backoff.delay(attempt, rng)))

@@ -9,6 +9,7 @@ not even inside an exception message or traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Iterable
@@ -35,7 +36,11 @@ _PRETTY = (
 
 
 class Redactor:
-    """Replaces every known secret (and its longer-than-8-character tail) with a marker."""
+    """Replaces every known secret with a marker.
+
+    Values shorter than 6 characters are not treated as secrets: replacing them would mangle
+    ordinary words without protecting anything.
+    """
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
@@ -46,12 +51,27 @@ class Redactor:
                 text = text.replace(secret, REDACTED)
         return text
 
+    def scrub(self, value: Any) -> Any:
+        """``value`` made JSON-ready with every string redacted (keys too), before serialisation.
+
+        Redacting the serialised text alone misses a secret JSON escapes (a quote, a backslash).
+        """
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(str(k)): self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self.scrub(v) for v in value]
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self(str(value))
+
 
 def _fields(extra: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in extra.items() if k not in ("event", "fields")}
 
 
-def _json_line(record: Any) -> str:
+def _json_entry(record: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "severity": _SEVERITY.get(record["level"].name, "DEFAULT"),
         "message": record["message"],
@@ -64,11 +84,13 @@ def _json_line(record: Any) -> str:
             "function": record["function"],
         },
     }
-    entry.update(_fields(record["extra"]))
     if record["exception"] is not None:
         kind, value, tb = record["exception"]
         entry["stack_trace"] = "".join(traceback.format_exception(kind, value, tb))
-    return json.dumps(entry, default=str, ensure_ascii=False)
+    for key, value in _fields(record["extra"]).items():
+        # A bound field never replaces severity, message, time or stack_trace.
+        entry[key if key not in entry else f"extra_{key}"] = value
+    return entry
 
 
 def _patch(record: Any) -> None:
@@ -76,6 +98,18 @@ def _patch(record: Any) -> None:
     extra.setdefault("event", "log")
     fields = _fields(extra)
     extra["fields"] = " ".join(f"{k}={v}" for k, v in fields.items()) if fields else ""
+
+
+class _Intercept(logging.Handler):
+    """Routes records of libraries using the standard logging module through loguru's sink."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(depth=6, exception=record.exc_info).bind(
+            event="library", library=record.name).log(level, record.getMessage())
 
 
 def configure(
@@ -89,7 +123,8 @@ def configure(
     out = stream or (sys.stdout if log_format == "json" else sys.stderr)
 
     def json_sink(message: Any) -> None:
-        out.write(redact(_json_line(message.record)) + "\n")
+        line = json.dumps(redact.scrub(_json_entry(message.record)), ensure_ascii=False)
+        out.write(redact(line) + "\n")
         out.flush()
 
     def pretty_sink(message: Any) -> None:
@@ -102,4 +137,7 @@ def configure(
         logger.add(json_sink, level=level, format="{message}", colorize=False)
     else:
         colour = hasattr(out, "isatty") and out.isatty()
-        logger.add(pretty_sink, level=level, format=_PRETTY, colorize=colour, backtrace=False)
+        # diagnose=False: loguru's variable dump truncates long values, and a truncated secret
+        # (a service-role JWT is longer than the cut-off) would slip past the redactor.
+        logger.add(pretty_sink, level=level, format=_PRETTY, colorize=colour, backtrace=False,
+                   diagnose=False)

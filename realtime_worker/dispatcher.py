@@ -1,0 +1,326 @@
+"""The dispatcher: claims jobs while there is capacity and runs each one in the task group.
+
+Wake-ups come from the listener (with a job id), the sweeper, catch-ups after a resubscription
+and freed slots (without one). They pass through a bounded buffer; a full buffer drops the
+wake-up, never a job, because the next fill claims whatever is due. A slot is taken *before*
+a claim, so nothing is claimed that cannot start. Each running job keeps its lease with a
+heartbeat; a lost lease cancels the job and its result is not written. Final states are written
+in shielded, time-limited scopes so cancellation can never leave a job half-recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+from uuid import UUID
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from loguru import logger
+
+from realtime_worker.errors import JobError, QueueError, RetryableJobError
+from realtime_worker.jobs import Backoff, Job, JobResult, retry_delay
+from realtime_worker.metrics import Metrics
+from realtime_worker.queue import JobQueue
+
+Outcome = JobResult | JobError
+
+
+class Processor(Protocol):
+    """Does one job; raises a JobError subclass to fail or retry it."""
+
+    async def __call__(self, job: Job) -> JobResult: ...
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    job_id: UUID | None
+    source: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatcherSettings:
+    worker_id: str
+    max_concurrent_jobs: int
+    lease_seconds: int
+    shutdown_grace_seconds: float = 8.0
+    backoff: Backoff = field(default_factory=Backoff)
+    hint_buffer: int = 1024
+    write_timeout_seconds: float = 5.0
+
+
+@dataclass(eq=False)
+class JobRun:
+    job: Job
+    source: str
+    started: float = field(default_factory=time.monotonic)
+    scope: anyio.CancelScope | None = None
+    stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class Slots:
+    """Capacity counter; single event-loop thread, so plain integers suffice."""
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+
+    def take(self, wanted: int = 1) -> int:
+        got = min(wanted, self.free)
+        self.free -= got
+        return got
+
+    def give(self, count: int = 1) -> None:
+        self.free += count
+
+
+class Dispatcher:
+    def __init__(self, queue: JobQueue, processor: Processor, settings: DispatcherSettings,
+                 metrics: Metrics) -> None:
+        self._queue, self._processor, self._s, self._metrics = queue, processor, settings, metrics
+        self._send, self._receive = anyio.create_memory_object_stream[Wakeup](settings.hint_buffer)
+        self._slots = Slots(settings.max_concurrent_jobs)
+        self._running: dict[UUID, JobRun] = {}
+        self._maybe_more = False
+        self._stopping = False
+        self._changed = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self.last_tick = time.monotonic()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def wake(self, job_id: UUID | None = None, source: str = "sweep") -> None:
+        """Ask for a claim; never blocks, never raises (safe from any callback)."""
+        if self._stopping:
+            return
+        try:
+            self._send.send_nowait(Wakeup(job_id, source))
+        except anyio.WouldBlock:
+            self._metrics.hints_dropped.inc()
+            self._maybe_more = True
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve wake-ups until :meth:`shutdown`; returns when every job has ended."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            async with self._receive:
+                async for wakeup in self._receive:
+                    self.last_tick = time.monotonic()
+                    await self._handle([wakeup, *self._pending()])
+
+    async def drain(self) -> None:
+        """Claim and run every due job, then return (``--once``)."""
+        self._send.close()
+        self._receive.close()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            while not self._stopping:
+                self._changed = anyio.Event()
+                await self._fill("once")
+                if not self._running:
+                    break
+                await self._changed.wait()
+                self.last_tick = time.monotonic()
+
+    async def shutdown(self) -> None:
+        """Stop claiming, give running jobs the grace period, then cancel and release them."""
+        self._stopping = True
+        self._send.close()
+        with anyio.move_on_after(self._s.shutdown_grace_seconds):
+            await self.wait_idle()
+        for run in list(self._running.values()):
+            run.stop("shutdown")
+
+    async def wait_idle(self) -> None:
+        while self._running:
+            self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def _pending(self) -> list[Wakeup]:
+        pending = []
+        while True:
+            try:
+                pending.append(self._receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return pending
+
+    async def _handle(self, wakeups: list[Wakeup]) -> None:
+        hinted = dict.fromkeys(w.job_id for w in wakeups if w.job_id is not None)
+        for job_id in hinted:
+            await self._claim_hinted(job_id)
+        fills = [w.source for w in wakeups if w.job_id is None]
+        if fills:
+            await self._fill(fills[0])
+
+    async def _claim_hinted(self, job_id: UUID) -> None:
+        if self._stopping:
+            return
+        if not self._slots.take():
+            self._maybe_more = True
+            return
+        try:
+            job = await self._queue.claim_job(job_id, self._s.worker_id, self._s.lease_seconds)
+        except QueueError as exc:
+            logger.bind(event="claim_failed", job_id=str(job_id)).warning(str(exc))
+            job = None
+        if job is None:
+            self._slots.give()
+            return
+        self._start(job, "realtime")
+
+    async def _fill(self, source: str) -> None:
+        while not self._stopping:
+            wanted = self._slots.take(self._slots.free)
+            if wanted == 0:
+                self._maybe_more = True
+                return
+            try:
+                jobs = await self._queue.claim_jobs(self._s.worker_id, wanted, self._s.lease_seconds)
+            except QueueError as exc:
+                self._slots.give(wanted)
+                logger.bind(event="claim_failed").warning(str(exc))
+                return
+            self._slots.give(wanted - len(jobs))
+            for job in jobs:
+                self._start(job, source)
+            if len(jobs) < wanted:
+                self._maybe_more = False
+                return
+
+    def _start(self, job: Job, source: str) -> None:
+        assert self._tg is not None
+        self._metrics.claimed.labels(source).inc()
+        if job.created_at is not None:
+            pickup = (datetime.now(UTC) - job.created_at).total_seconds()
+            self._metrics.pickup.observe(max(pickup, 0.0))
+        run = JobRun(job, source)
+        self._running[job.id] = run
+        self._metrics.in_flight.inc()
+        self._tg.start_soon(self._run_job, run, name=f"job {job.id}")
+
+    async def _run_job(self, run: JobRun) -> None:
+        log = self._log(run)
+        log.bind(event="job_started", source=run.source).info("job started")
+        try:
+            await self._execute(run)
+        finally:
+            del self._running[run.job.id]
+            self._metrics.in_flight.dec()
+            self._metrics.duration.observe(time.monotonic() - run.started)
+            self._slots.give()
+            self._changed.set()
+            if self._maybe_more and not self._stopping:
+                self.wake(None, "backlog")
+
+    async def _execute(self, run: JobRun) -> None:
+        try:
+            outcome = await self._attempt(run)
+        except anyio.get_cancelled_exc_class():
+            with anyio.move_on_after(self._s.write_timeout_seconds, shield=True):
+                await self._release(run, "cancelled")
+            raise
+        with anyio.move_on_after(self._s.write_timeout_seconds, shield=True):
+            if outcome is not None:
+                await self._record(run, outcome)
+            elif run.stop_reason == "lease_lost":
+                self._metrics.released.labels("lease_lost").inc()
+                self._log(run).bind(event="job_lease_lost").warning(
+                    "lease lost; the result is discarded")
+            else:
+                await self._release(run, run.stop_reason or "cancelled")
+
+    async def _attempt(self, run: JobRun) -> Outcome | None:
+        with anyio.CancelScope() as run.scope:
+            if run.stop_reason is not None:
+                run.scope.cancel()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_lease, run)
+                outcome = await self._call(run)
+                tg.cancel_scope.cancel()
+            return outcome
+        return None
+
+    async def _call(self, run: JobRun) -> Outcome:
+        try:
+            return await self._processor(run.job)
+        except JobError as exc:
+            return exc
+        except Exception:
+            self._log(run).bind(event="job_crashed").exception("processor raised unexpectedly")
+            return RetryableJobError(
+                "Something went wrong on our side; the job will be retried.", code="internal")
+
+    async def _keep_lease(self, run: JobRun) -> None:
+        interval = max(self._s.lease_seconds / 3, 0.2)
+        last_ok = time.monotonic()
+        while True:
+            await anyio.sleep(interval)
+            try:
+                owned = await self._queue.heartbeat(
+                    run.job.id, self._s.worker_id, self._s.lease_seconds)
+            except QueueError as exc:
+                self._log(run).bind(event="heartbeat_failed").warning(str(exc))
+                owned = time.monotonic() - last_ok < self._s.lease_seconds
+            else:
+                last_ok = time.monotonic()
+            if not owned:
+                run.stop("lease_lost")
+                return
+
+    async def _record(self, run: JobRun, outcome: Outcome) -> None:
+        try:
+            if isinstance(outcome, JobResult):
+                await self._complete(run, outcome)
+            else:
+                await self._fail(run, outcome)
+        except QueueError as exc:
+            self._log(run).bind(event="record_failed").error(
+                f"could not record the outcome; the lease will expire and the job retried: {exc}")
+
+    async def _complete(self, run: JobRun, result: JobResult) -> None:
+        log = self._log(run)
+        if await self._queue.complete(run.job.id, self._s.worker_id, result):
+            self._metrics.succeeded.inc()
+            log.bind(event="job_succeeded", model=result.model, cost_cents=result.cost_cents,
+                     duration_ms=round((time.monotonic() - run.started) * 1000)).info("job succeeded")
+        else:
+            log.bind(event="job_complete_refused").warning("completion refused: lease lost")
+
+    async def _fail(self, run: JobRun, error: JobError) -> None:
+        job, log = run.job, self._log(run)
+        delay = retry_delay(error, job.attempts, job.max_attempts, self._s.backoff)
+        status = await self._queue.fail(job.id, self._s.worker_id, error.user_message, error.code, delay)
+        log = log.bind(error_code=error.code, retry_in_seconds=delay)
+        if status == "queued":
+            self._metrics.retried.labels(error.code).inc()
+            log.bind(event="job_retry_scheduled").warning(f"retry scheduled: {error.user_message}")
+        elif status == "failed":
+            self._metrics.failed.labels(error.code).inc()
+            log.bind(event="job_failed").warning(f"job failed: {error.user_message}")
+        else:
+            log.bind(event="job_fail_refused").warning("failure not recorded: lease lost")
+
+    async def _release(self, run: JobRun, reason: str) -> None:
+        try:
+            released = await self._queue.release(run.job.id, self._s.worker_id)
+        except QueueError as exc:
+            self._log(run).bind(event="release_failed").error(str(exc))
+            return
+        if released:
+            self._metrics.released.labels(reason).inc()
+            self._log(run).bind(event="job_released", reason=reason).info("job given back")
+
+    def _log(self, run: JobRun):  # type: ignore[no-untyped-def]
+        return logger.bind(job_id=str(run.job.id), attempt=run.job.attempts,
+                           worker=self._s.worker_id)

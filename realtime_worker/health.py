@@ -1,0 +1,90 @@
+"""The health server (aiohttp on ``$PORT``): ``/health``, ``/ready`` and ``/metrics``.
+
+Bodies are small JSON documents (Prometheus text for ``/metrics``); no secrets, prompts or
+stack traces ever leave through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+from aiohttp import web
+from anyio.abc import TaskStatus
+from loguru import logger
+
+from realtime_worker.metrics import Metrics
+
+
+@dataclass
+class HealthState:
+    """What the worker reports about itself; updated by the running parts."""
+
+    mode: str
+    tick: Callable[[], float] = time.monotonic
+    stale_after_seconds: float = 60.0
+    realtime_required: bool = False
+    realtime_subscribed: bool = False
+    paused: bool = False
+    database_ok_at: float | None = None
+    database_check: Callable[[], Awaitable[None]] | None = None
+    database_fresh_seconds: float = 30.0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.tick() < self.stale_after_seconds
+
+    async def database_ok(self) -> bool:
+        fresh = self.database_ok_at is not None and (
+            time.monotonic() - self.database_ok_at < self.database_fresh_seconds)
+        if fresh or self.database_check is None:
+            return fresh
+        try:
+            await self.database_check()
+        except Exception:
+            return False
+        self.database_ok_at = time.monotonic()
+        return True
+
+
+def build_app(state: HealthState, metrics: Metrics) -> web.Application:
+    async def health(_: web.Request) -> web.Response:
+        ok = state.alive()
+        return web.json_response({"status": "ok" if ok else "stalled", "mode": state.mode},
+                                 status=200 if ok else 503)
+
+    async def ready(_: web.Request) -> web.Response:
+        checks = {"database": await state.database_ok()}
+        if state.realtime_required:
+            checks["realtime"] = state.realtime_subscribed
+        ok = all(checks.values())
+        body = {"ready": ok, "mode": state.mode, "paused": state.paused, "checks": checks}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics_text(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_text)
+    return app
+
+
+async def serve(state: HealthState, metrics: Metrics, host: str, port: int,
+                *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Serve until cancelled; reports the bound port through ``task_status``."""
+    runner = web.AppRunner(build_app(state, metrics), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        await site.start()
+        bound = runner.addresses[0][1]
+        logger.bind(event="health_listening", port=bound).info(f"health server on port {bound}")
+        task_status.started(bound)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()

@@ -1,0 +1,190 @@
+"""The Realtime listener: ``postgres_changes`` INSERT on ``public.jobs`` turned into wake-ups.
+
+The callbacks only signal: they never await, never raise and do no I/O (a raising callback
+would silently kill realtime-py's delivery). A supervisor watches the socket and the channel
+and rebuilds client and channel with bounded, jittered backoff whenever the official client
+cannot recover by itself: after it gave up reconnecting, after a server ``phx_close``, or when
+the subscription stays broken. ``SUBSCRIBED`` only means the join was accepted; the listener
+counts as subscribed once the server's "Subscribed to PostgreSQL" system message arrives, and
+every such (re)subscription triggers a catch-up claim, because events in the gap are lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import anyio
+from loguru import logger
+from realtime.types import RealtimePostgresChangesListenEvent
+from supabase import AsyncClientOptions, acreate_client
+
+from realtime_worker.health import HealthState
+from realtime_worker.metrics import Metrics
+
+Wake = Callable[[UUID | None, str], None]
+INSERT = RealtimePostgresChangesListenEvent.Insert
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListenerSettings:
+    url: str
+    key: str
+    channel: str = "jobs-worker"
+    rebuild_after_seconds: float = 10.0
+    subscribe_timeout_seconds: float = 15.0
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    client_max_retries: int = 5
+    client_initial_backoff_seconds: float = 1.0
+
+
+def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, initial * 2**failures))."""
+    return rng.uniform(0, min(cap, initial * 2.0 ** min(failures, 16)))
+
+
+def job_id_of(payload: Any) -> UUID | None:
+    """The queued job an INSERT event announces, or None when the event names none."""
+    record = payload["data"]["record"]
+    if record.get("status", "queued") != "queued":
+        return None
+    return UUID(str(record["id"]))
+
+
+def _field(payload: Any, name: str) -> Any:
+    if isinstance(payload, dict):
+        return payload.get(name)
+    return getattr(payload, name, None)
+
+
+class Listener:
+    def __init__(self, settings: ListenerSettings, wake: Wake, metrics: Metrics,
+                 health: HealthState, rng: random.Random | None = None) -> None:
+        self._s, self._wake, self._metrics, self._health = settings, wake, metrics, health
+        self._rng = rng or random.Random()
+        self._changed = anyio.Event()
+        self._db_subscribed = False
+        self._closed = False
+        self.subscriptions = 0
+
+    # -- callbacks: synchronous, never raise --------------------------------------------------
+
+    def on_insert(self, payload: Any) -> None:
+        try:
+            self._metrics.events.inc()
+            job_id = job_id_of(payload)
+        except Exception:
+            job_id = None  # a malformed event is still a hint that work may exist
+        try:
+            self._wake(job_id, "realtime" if job_id else "catchup")
+        except Exception:
+            logger.bind(event="wake_failed").exception("could not wake the dispatcher")
+
+    def on_system(self, payload: Any) -> None:
+        try:
+            if _field(payload, "extension") == "postgres_changes":
+                self._db_subscribed = _field(payload, "status") == "ok"
+                if not self._db_subscribed:
+                    logger.bind(event="realtime_system_error").warning(
+                        str(_field(payload, "message")))
+            self._changed.set()
+        except Exception:
+            logger.bind(event="callback_failed").exception("system callback failed")
+
+    def on_state(self, state: Any, error: Exception | None = None) -> None:
+        try:
+            name = str(getattr(state, "value", state))
+            self._db_subscribed = False  # SUBSCRIBED precedes the database subscription
+            self._closed = self._closed or name == "CLOSED"
+            logger.bind(event="realtime_state", state=name).info(
+                f"channel {name}" + (f": {error}" if error else ""))
+            self._changed.set()
+        except Exception:
+            logger.bind(event="callback_failed").exception("state callback failed")
+
+    # -- supervisor -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep a live subscription until cancelled."""
+        failures = 0
+        while True:
+            worked = await self._session()
+            failures = 0 if worked else failures + 1
+            delay = backoff_delay(failures, self._s.backoff_initial_seconds,
+                                  self._s.backoff_max_seconds, self._rng)
+            self._metrics.resubscribes.inc()
+            logger.bind(event="realtime_rebuild", failures=failures, delay_s=round(delay, 2)).warning(
+                "rebuilding the Realtime client")
+            await anyio.sleep(delay)
+
+    async def _session(self) -> bool:
+        """One client + channel, watched until broken for good; True if it ever subscribed."""
+        self._db_subscribed, self._closed = False, False
+        options = AsyncClientOptions(realtime={
+            "max_retries": self._s.client_max_retries,
+            "initial_backoff": self._s.client_initial_backoff_seconds,
+        })
+        client = await acreate_client(self._s.url, self._s.key, options=options)
+        try:
+            channel = client.channel(self._s.channel)
+            channel.on_postgres_changes(INSERT, schema="public", table="jobs",
+                                        callback=self.on_insert)
+            channel.on_system(self.on_system)
+            with anyio.move_on_after(self._s.subscribe_timeout_seconds):
+                await channel.subscribe(self.on_state)
+            return await self._watch(client, channel)
+        except Exception as exc:
+            logger.bind(event="realtime_error").warning(f"{type(exc).__name__}: {exc}")
+            return False
+        finally:
+            self._set_subscribed(False)
+            with anyio.move_on_after(2, shield=True):
+                await _close_quietly(client)
+
+    async def _watch(self, client: Any, channel: Any) -> bool:
+        worked, broken_since = False, None
+        while True:
+            healthy = bool(client.realtime.is_connected and channel.is_joined and self._db_subscribed)
+            if healthy and not self._health.realtime_subscribed:
+                worked = True
+                self.subscriptions += 1
+                self._set_subscribed(True)
+                self._wake(None, "catchup")
+            if healthy:
+                broken_since = None
+            else:
+                self._set_subscribed(False)
+                broken_since = broken_since or time.monotonic()
+                if self._closed or _gave_up(client) or (
+                        time.monotonic() - broken_since > self._s.rebuild_after_seconds):
+                    return worked
+            self._changed = anyio.Event()
+            with anyio.move_on_after(0.5):
+                await self._changed.wait()
+
+    def _set_subscribed(self, value: bool) -> None:
+        if self._health.realtime_subscribed != value:
+            logger.bind(event="realtime_subscribed" if value else "realtime_disconnected").info(
+                "subscribed to jobs inserts" if value else "not subscribed")
+        self._health.realtime_subscribed = value
+        self._metrics.realtime_connected.set(1 if value else 0)
+
+
+def _gave_up(client: Any) -> bool:
+    """realtime-py stops for good after max_retries failed reconnects: its listen task is over."""
+    realtime = client.realtime
+    task = getattr(realtime, "_listen_task", None)
+    return not realtime.is_connected and (task is None or task.done())
+
+
+async def _close_quietly(client: Any) -> None:
+    with contextlib.suppress(Exception):
+        await client.realtime.remove_all_channels()
+    with contextlib.suppress(Exception):
+        await client.realtime.close()

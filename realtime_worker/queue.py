@@ -1,0 +1,97 @@
+"""The database contract (the ``worker_*`` functions) behind one port.
+
+:class:`JobQueue` is what the dispatcher and sweeper use; :class:`SupabaseQueue` is the real
+adapter (PostgREST RPC through the official Supabase client). ``testing.InMemoryQueue``
+implements the same port for tests of the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from uuid import UUID
+
+import httpx
+from postgrest.exceptions import APIError
+
+from realtime_worker.errors import QueueError
+from realtime_worker.jobs import Job, JobResult
+from realtime_worker.metrics import Metrics
+
+
+class JobQueue(Protocol):
+    async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None: ...
+
+    async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]: ...
+
+    async def heartbeat(self, job_id: UUID, worker: str, lease_seconds: int) -> bool: ...
+
+    async def complete(self, job_id: UUID, worker: str, result: JobResult) -> bool: ...
+
+    async def fail(self, job_id: UUID, worker: str, error: str, code: str,
+                   retry_in_seconds: int | None) -> str | None: ...
+
+    async def release(self, job_id: UUID, worker: str) -> bool: ...
+
+    async def reap_expired(self, limit: int) -> int: ...
+
+
+RpcCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+class SupabaseQueue:
+    """The contract over PostgREST RPC; library errors become :class:`QueueError`."""
+
+    def __init__(self, rpc: RpcCall, metrics: Metrics | None = None) -> None:
+        self._rpc = rpc
+        self._metrics = metrics
+
+    @classmethod
+    def from_client(cls, client: Any, metrics: Metrics | None = None) -> SupabaseQueue:
+        async def rpc(name: str, params: dict[str, Any]) -> Any:
+            response = await client.rpc(name, params).execute()
+            return response.data
+
+        return cls(rpc, metrics)
+
+    async def _call(self, name: str, params: dict[str, Any]) -> Any:
+        if self._metrics is not None:
+            self._metrics.db_requests.labels(name).inc()
+        try:
+            return await self._rpc(name, params)
+        except APIError as exc:
+            raise QueueError(f"{name} failed: {exc.code} {exc.message}") from exc
+        except (httpx.HTTPError, OSError) as exc:
+            raise QueueError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
+        rows = await self._call("worker_claim_job", {
+            "p_job_id": str(job_id), "p_worker": worker, "p_lease_seconds": lease_seconds})
+        return Job.from_row(rows[0]) if rows else None
+
+    async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
+        rows = await self._call("worker_claim_jobs", {
+            "p_worker": worker, "p_limit": limit, "p_lease_seconds": lease_seconds})
+        return [Job.from_row(row) for row in rows or []]
+
+    async def heartbeat(self, job_id: UUID, worker: str, lease_seconds: int) -> bool:
+        return bool(await self._call("worker_heartbeat", {
+            "p_job_id": str(job_id), "p_worker": worker, "p_lease_seconds": lease_seconds}))
+
+    async def complete(self, job_id: UUID, worker: str, result: JobResult) -> bool:
+        return bool(await self._call("worker_complete_job", {
+            "p_job_id": str(job_id), "p_worker": worker, "p_result": result.to_json()}))
+
+    async def fail(self, job_id: UUID, worker: str, error: str, code: str,
+                   retry_in_seconds: int | None) -> str | None:
+        status = await self._call("worker_fail_job", {
+            "p_job_id": str(job_id), "p_worker": worker, "p_error": error,
+            "p_error_code": code, "p_retry_in_seconds": retry_in_seconds})
+        return str(status) if status is not None else None
+
+    async def release(self, job_id: UUID, worker: str) -> bool:
+        return bool(await self._call("worker_release_job", {
+            "p_job_id": str(job_id), "p_worker": worker}))
+
+    async def reap_expired(self, limit: int) -> int:
+        return int(await self._call("worker_reap_expired", {"p_limit": limit}) or 0)

@@ -1,0 +1,159 @@
+"""Test doubles shipped with the package: an in-memory queue and a scripted processor.
+
+``InMemoryQueue`` implements the :class:`~realtime_worker.queue.JobQueue` port with the same
+rules as the SQL functions, for fast tests of the core. ``scripted`` is a processor factory whose
+behaviour each job sets in ``params_json.script``: ``{"duration": 2.5, "fail": "retryable" |
+"permanent" | "crash", "retry_after": 1}``; it is what the worker tests run instead of Gemini
+(``realtime-worker run --processor realtime_worker.testing:scripted``). With
+``SCRIPTED_CALL_LOG`` set, every call appends ``<job id> <worker id>`` to that file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID, uuid4
+
+import anyio
+
+from realtime_worker.dispatcher import Processor
+from realtime_worker.errors import PermanentJobError, RetryableJobError
+from realtime_worker.jobs import Job, JobResult, JobStatus
+
+if TYPE_CHECKING:
+    from realtime_worker.worker import WorkerContext
+
+
+@dataclass
+class MemoryJob:
+    job: Job
+    run_after: datetime
+    locked_until: datetime | None = None
+    refunds: int = 0
+    results: list[JobResult] = field(default_factory=list)
+    error: str | None = None
+
+
+class InMemoryQueue:
+    """The database contract in memory; records every call in ``calls``."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[UUID, MemoryJob] = {}
+        self.calls: list[str] = []
+
+    def add(self, params: dict[str, Any] | None = None, *, max_attempts: int = 3) -> UUID:
+        job = Job(id=uuid4(), user_id=uuid4(), status=JobStatus.QUEUED, params=params or {},
+                  attempts=0, max_attempts=max_attempts, created_at=_now())
+        self.jobs[job.id] = MemoryJob(job, run_after=_now())
+        return job.id
+
+    def status(self, job_id: UUID) -> JobStatus:
+        return self.jobs[job_id].job.status
+
+    def _claim(self, item: MemoryJob, worker: str, lease: int) -> Job:
+        item.job = replace(item.job, status=JobStatus.RUNNING, attempts=item.job.attempts + 1,
+                           locked_by=worker)
+        item.locked_until = _now() + timedelta(seconds=lease)
+        return item.job
+
+    def _due(self, item: MemoryJob) -> bool:
+        return item.job.status == JobStatus.QUEUED and item.run_after <= _now()
+
+    def _owned(self, job_id: UUID, worker: str) -> MemoryJob | None:
+        item = self.jobs.get(job_id)
+        if item and item.job.status == JobStatus.RUNNING and item.job.locked_by == worker:
+            return item
+        return None
+
+    async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
+        self.calls.append("claim_job")
+        item = self.jobs.get(job_id)
+        return self._claim(item, worker, lease_seconds) if item and self._due(item) else None
+
+    async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
+        self.calls.append("claim_jobs")
+        due = [item for item in self.jobs.values() if self._due(item)][:max(limit, 0)]
+        return [self._claim(item, worker, lease_seconds) for item in due]
+
+    async def heartbeat(self, job_id: UUID, worker: str, lease_seconds: int) -> bool:
+        self.calls.append("heartbeat")
+        item = self._owned(job_id, worker)
+        if item:
+            item.locked_until = _now() + timedelta(seconds=lease_seconds)
+        return item is not None
+
+    async def complete(self, job_id: UUID, worker: str, result: JobResult) -> bool:
+        self.calls.append("complete")
+        item = self._owned(job_id, worker)
+        if item:
+            item.job = replace(item.job, status=JobStatus.SUCCEEDED)
+            item.results.append(result)
+        return item is not None
+
+    async def fail(self, job_id: UUID, worker: str, error: str, code: str,
+                   retry_in_seconds: int | None) -> str | None:
+        self.calls.append("fail")
+        item = self._owned(job_id, worker)
+        if item is None:
+            return None
+        item.error = error
+        if retry_in_seconds is not None and item.job.attempts < item.job.max_attempts:
+            item.job = replace(item.job, status=JobStatus.QUEUED, locked_by=None)
+            item.run_after = _now() + timedelta(seconds=retry_in_seconds)
+            return "queued"
+        item.job = replace(item.job, status=JobStatus.FAILED)
+        item.refunds += 1
+        return "failed"
+
+    async def release(self, job_id: UUID, worker: str) -> bool:
+        self.calls.append("release")
+        item = self._owned(job_id, worker)
+        if item:
+            item.job = replace(item.job, status=JobStatus.QUEUED, locked_by=None,
+                               attempts=item.job.attempts - 1)
+            item.run_after = _now()
+        return item is not None
+
+    async def reap_expired(self, limit: int) -> int:
+        self.calls.append("reap_expired")
+        return 0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ScriptedProcessor:
+    """Sleeps, fails or crashes as ``params_json.script`` says; counts calls per job."""
+
+    def __init__(self, worker_id: str = "test", call_log: str | None = None) -> None:
+        self.calls: dict[UUID, int] = {}
+        self._worker_id = worker_id
+        self._call_log = call_log
+
+    async def __call__(self, job: Job) -> JobResult:
+        self.calls[job.id] = self.calls.get(job.id, 0) + 1
+        if self._call_log:
+            async with await anyio.open_file(self._call_log, "a", encoding="utf-8") as log:
+                await log.write(f"{job.id} {self._worker_id}\n")
+        script = job.params.get("script") or {}
+        await anyio.sleep(float(script.get("duration", 0)))
+        fail = script.get("fail")
+        if fail == "retryable":
+            raise RetryableJobError("Scripted retryable failure", code="scripted_retryable",
+                                    retry_after=script.get("retry_after"))
+        if fail == "permanent":
+            raise PermanentJobError("Scripted permanent failure", code="scripted_permanent")
+        if fail == "crash":
+            raise RuntimeError("scripted crash")
+        return JobResult(model="scripted", cost_cents=0)
+
+
+@asynccontextmanager
+async def scripted(context: WorkerContext) -> AsyncIterator[Processor]:
+    """Processor factory for ``--processor realtime_worker.testing:scripted``."""
+    yield ScriptedProcessor(context.settings.worker_id, os.environ.get("SCRIPTED_CALL_LOG"))

@@ -1,0 +1,166 @@
+"""Assembles a running worker: health server, Supabase client, dispatcher, sweeper, listener.
+
+Everything long-running lives in one task group, so one crash stops all of it. SIGTERM/SIGINT
+stop claiming and listening, give in-flight jobs the grace period and release the rest; a
+second signal cancels everything at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from anyio.abc import TaskStatus
+from loguru import logger
+from supabase import AsyncClient, AsyncClientOptions, acreate_client
+
+from realtime_worker import health, sweeper
+from realtime_worker.config import WorkerSettings
+from realtime_worker.dispatcher import Dispatcher, DispatcherSettings, Processor
+from realtime_worker.listener import Listener, ListenerSettings
+from realtime_worker.metrics import Metrics
+from realtime_worker.queue import SupabaseQueue
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a processor factory may use: settings, the shared Supabase client, metrics."""
+
+    settings: WorkerSettings
+    supabase: AsyncClient
+    metrics: Metrics
+
+
+ProcessorFactory = Callable[[WorkerContext], AbstractAsyncContextManager[Processor]]
+
+
+@asynccontextmanager
+async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient]:
+    """The one Supabase client for REST and Storage, with an HTTP pool we close ourselves."""
+    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0),
+                             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+    try:
+        options = AsyncClientOptions(httpx_client=http, postgrest_client_timeout=30)
+        yield await acreate_client(settings.supabase_url,
+                                   settings.supabase_service_role_key.get_secret_value(), options)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await http.aclose()
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, factory: ProcessorFactory, *,
+                 metrics: Metrics | None = None, listener: ListenerSettings | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._factory = factory
+        self._listener_settings = listener
+        self._stop = anyio.Event()
+        self._signals = 0
+        self.dispatcher: Dispatcher | None = None
+        self.health = health.HealthState(
+            mode="paused" if settings.pause_worker else settings.worker_mode,
+            realtime_required=settings.worker_mode == "realtime" and not settings.pause_worker,
+            paused=settings.pause_worker,
+            stale_after_seconds=max(60.0, 3 * settings.idle_interval_seconds),
+        )
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (what the first SIGTERM does)."""
+        self._stop.set()
+
+    async def run(self, *, once: bool = False, host: str = "0.0.0.0",
+                  install_signals: bool = True,
+                  task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(health.serve, self.health, self.metrics, host, self.settings.port)
+            if install_signals:
+                tg.start_soon(self._watch_signals, tg.cancel_scope)
+            task_status.started(port)
+            await self._main(once)
+            tg.cancel_scope.cancel()
+        logger.bind(event="worker_stopped").info("worker stopped")
+
+    async def _main(self, once: bool) -> None:
+        log = logger.bind(event="worker_starting", worker=self.settings.worker_id,
+                          mode=self.health.mode, max_concurrent_jobs=self.settings.max_concurrent_jobs)
+        log.info("worker starting")
+        async with supabase_client(self.settings) as client:
+            queue = SupabaseQueue.from_client(client, self.metrics)
+            self.health.database_check = lambda: _ping(queue)
+            if self.settings.pause_worker:
+                await self._paused()
+                return
+            context = WorkerContext(self.settings, client, self.metrics)
+            async with self._factory(context) as processor:
+                self.dispatcher = Dispatcher(queue, processor, self._dispatcher_settings(),
+                                             self.metrics)
+                self.health.tick = lambda: self.dispatcher.last_tick if self.dispatcher else 0.0
+                if once:
+                    await sweeper.sweep_once(queue, lambda *_: None, self.metrics)
+                    await self.dispatcher.drain()
+                else:
+                    await self._serve(queue, self.dispatcher)
+
+    async def _paused(self) -> None:
+        logger.bind(event="worker_paused").warning("PAUSE_WORKER is set: health server only, no claims")
+        self.health.tick = time.monotonic
+        await self._stop.wait()
+
+    async def _serve(self, queue: SupabaseQueue, dispatcher: Dispatcher) -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            feeders = anyio.CancelScope()
+            tg.start_soon(self._feed, queue, dispatcher, feeders)
+            await self._stop.wait()
+            logger.bind(event="worker_stopping", in_flight=dispatcher.in_flight).info(
+                "stopping: no new claims; in-flight jobs get the grace period")
+            feeders.cancel()
+            self.health.realtime_subscribed = False
+            await dispatcher.shutdown()
+
+    async def _feed(self, queue: SupabaseQueue, dispatcher: Dispatcher,
+                    scope: anyio.CancelScope) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sweeper.run_sweeper, queue, dispatcher.wake, self.metrics,
+                              self.settings.idle_interval_seconds)
+                if self.settings.worker_mode == "realtime":
+                    listener = Listener(self._listener_config(), dispatcher.wake, self.metrics,
+                                        self.health)
+                    tg.start_soon(listener.run)
+
+    def _listener_config(self) -> ListenerSettings:
+        if self._listener_settings is not None:
+            return self._listener_settings
+        return ListenerSettings(url=self.settings.supabase_url,
+                                key=self.settings.supabase_service_role_key.get_secret_value())
+
+    def _dispatcher_settings(self) -> DispatcherSettings:
+        s = self.settings
+        return DispatcherSettings(worker_id=s.worker_id, max_concurrent_jobs=s.max_concurrent_jobs,
+                                  lease_seconds=s.lease_seconds,
+                                  shutdown_grace_seconds=s.shutdown_grace_seconds)
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self._signals += 1
+                name = signal.Signals(signum).name
+                if self._signals == 1:
+                    logger.bind(event="signal_received", signal=name).info(
+                        f"{name}: shutting down gracefully")
+                    self.request_stop()
+                else:
+                    logger.bind(event="signal_received", signal=name).warning(
+                        f"second {name}: exiting now")
+                    scope.cancel()
+
+
+async def _ping(queue: SupabaseQueue) -> None:
+    await queue.reap_expired(0)

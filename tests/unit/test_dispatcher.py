@@ -1,0 +1,132 @@
+"""The dispatcher's rules, on the in-memory queue shipped in realtime_worker.testing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from uuid import UUID
+
+import anyio
+import pytest
+
+from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
+from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus
+from realtime_worker.metrics import Metrics
+from realtime_worker.testing import InMemoryQueue, ScriptedProcessor
+
+pytestmark = pytest.mark.unit
+
+
+def make(queue: InMemoryQueue, processor: object, *, slots: int = 2, lease: int = 30,
+         grace: float = 0.5, buffer: int = 16) -> Dispatcher:
+    settings = DispatcherSettings(worker_id="w1", max_concurrent_jobs=slots, lease_seconds=lease,
+                                  shutdown_grace_seconds=grace, backoff=Backoff(base_seconds=60),
+                                  hint_buffer=buffer)
+    return Dispatcher(queue, processor, settings, Metrics())  # type: ignore[arg-type]
+
+
+class Gauge:
+    """A processor that records how many jobs run at once."""
+
+    def __init__(self, duration: float = 0.05) -> None:
+        self.now = self.peak = 0
+        self.duration = duration
+        self.done: list[UUID] = []
+
+    async def __call__(self, job: Job) -> JobResult:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        await anyio.sleep(self.duration)
+        self.now -= 1
+        self.done.append(job.id)
+        return JobResult(model="m", cost_cents=1)
+
+
+async def test_drain_runs_every_due_job_within_capacity() -> None:
+    queue, gauge = InMemoryQueue(), Gauge()
+    ids = [queue.add() for _ in range(9)]
+    with anyio.fail_after(5):
+        await make(queue, gauge, slots=3).drain()
+    assert sorted(gauge.done) == sorted(ids)
+    assert gauge.peak == 3
+    assert all(queue.status(i) == JobStatus.SUCCEEDED for i in ids)
+
+
+async def test_hint_claims_the_named_job_without_a_fill() -> None:
+    queue, gauge = InMemoryQueue(), Gauge(0)
+    job_id = queue.add()
+    dispatcher = make(queue, gauge)
+    async with anyio.create_task_group() as tg:
+        await tg.start(dispatcher.run)
+        dispatcher.wake(job_id, "realtime")
+        with anyio.fail_after(5):
+            while queue.status(job_id) != JobStatus.SUCCEEDED:
+                await anyio.wait_all_tasks_blocked()
+        await dispatcher.shutdown()
+    assert queue.calls[:2] == ["claim_job", "complete"]
+    assert "claim_jobs" not in queue.calls
+
+
+async def test_failures_are_classified() -> None:
+    queue = InMemoryQueue()
+    retry = queue.add({"script": {"fail": "retryable", "retry_after": 120}})
+    permanent = queue.add({"script": {"fail": "permanent"}})
+    crash = queue.add({"script": {"fail": "crash"}})
+    last_try = queue.add({"script": {"fail": "retryable"}}, max_attempts=1)
+    with anyio.fail_after(5):
+        await make(queue, ScriptedProcessor(), slots=4).drain()
+    assert queue.status(retry) == JobStatus.QUEUED
+    assert queue.jobs[retry].run_after > queue.jobs[retry].job.created_at  # type: ignore[operator]
+    assert queue.status(permanent) == JobStatus.FAILED and queue.jobs[permanent].refunds == 1
+    assert queue.jobs[permanent].error == "Scripted permanent failure"
+    assert queue.status(crash) == JobStatus.QUEUED
+    assert queue.jobs[crash].error == "Something went wrong on our side; the job will be retried."
+    assert queue.status(last_try) == JobStatus.FAILED and queue.jobs[last_try].refunds == 1
+
+
+async def test_lost_lease_cancels_the_job_and_discards_its_result() -> None:
+    queue = InMemoryQueue()
+    job_id = queue.add({"script": {"duration": 30}})
+    processor = ScriptedProcessor()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(make(queue, processor, lease=3).drain)
+            while queue.status(job_id) != JobStatus.RUNNING:
+                await anyio.sleep(0.01)
+            item = queue.jobs[job_id]
+            item.job = replace(item.job, locked_by="someone-else")  # another worker took it over
+    assert processor.calls[job_id] == 1
+    assert item.results == [] and "complete" not in queue.calls
+
+
+async def test_shutdown_releases_unfinished_jobs_without_counting_the_attempt() -> None:
+    queue = InMemoryQueue()
+    slow = queue.add({"script": {"duration": 60}})
+    quick = queue.add({"script": {"duration": 0.1}})
+    dispatcher = make(queue, ScriptedProcessor(), grace=0.5)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(None, "sweep")
+            while queue.status(slow) != JobStatus.RUNNING:
+                await anyio.sleep(0.01)
+            await dispatcher.shutdown()
+    assert queue.status(quick) == JobStatus.SUCCEEDED
+    assert queue.status(slow) == JobStatus.QUEUED
+    assert queue.jobs[slow].job.attempts == 0
+    assert "release" in queue.calls
+
+
+async def test_full_hint_buffer_drops_hints_not_jobs() -> None:
+    queue, gauge = InMemoryQueue(), Gauge(0.01)
+    ids = [queue.add() for _ in range(40)]
+    dispatcher = make(queue, gauge, slots=2, buffer=2)
+    for job_id in ids:
+        dispatcher.wake(job_id, "realtime")  # the loop is not running yet: most are dropped
+    async with anyio.create_task_group() as tg:
+        await tg.start(dispatcher.run)
+        with anyio.fail_after(5):
+            while len(gauge.done) < len(ids):
+                await anyio.sleep(0.01)
+        await dispatcher.shutdown()
+    assert sorted(gauge.done) == sorted(ids)
+    assert gauge.peak <= 2
