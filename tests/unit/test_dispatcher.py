@@ -12,6 +12,7 @@ from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus
 from realtime_worker.metrics import Metrics
 from realtime_worker.testing import InMemoryQueue, ScriptedProcessor
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -59,8 +60,7 @@ async def test_hint_claims_the_named_job_without_a_fill() -> None:
         await tg.start(dispatcher.run)
         dispatcher.wake(job_id, "realtime")
         with anyio.fail_after(5):
-            while queue.status(job_id) != JobStatus.SUCCEEDED:
-                await anyio.wait_all_tasks_blocked()
+            await wait_for(lambda: queue.status(job_id) == JobStatus.SUCCEEDED)
         await dispatcher.shutdown()
     assert queue.calls[:2] == ["claim_job", "complete"]
     assert "claim_jobs" not in queue.calls
@@ -90,8 +90,7 @@ async def test_lost_lease_cancels_the_job_and_discards_its_result() -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(make(queue, processor, lease=3).drain)
-            while queue.status(job_id) != JobStatus.RUNNING:
-                await anyio.sleep(0.01)
+            await wait_for(lambda: queue.status(job_id) == JobStatus.RUNNING)
             item = queue.jobs[job_id]
             item.job = replace(item.job, locked_by="someone-else")  # another worker took it over
     assert processor.calls[job_id] == 1
@@ -107,8 +106,7 @@ async def test_shutdown_releases_unfinished_jobs_without_counting_the_attempt() 
         async with anyio.create_task_group() as tg:
             await tg.start(dispatcher.run)
             dispatcher.wake(None, "sweep")
-            while queue.status(slow) != JobStatus.RUNNING:
-                await anyio.sleep(0.01)
+            await wait_for(lambda: queue.status(slow) == JobStatus.RUNNING)
             await dispatcher.shutdown()
     assert queue.status(quick) == JobStatus.SUCCEEDED
     assert queue.status(slow) == JobStatus.QUEUED
@@ -125,8 +123,7 @@ async def test_full_hint_buffer_drops_hints_not_jobs() -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(dispatcher.run)
         with anyio.fail_after(5):
-            while len(gauge.done) < len(ids):
-                await anyio.sleep(0.01)
+            await wait_for(lambda: len(gauge.done) == len(ids))
         await dispatcher.shutdown()
     assert sorted(gauge.done) == sorted(ids)
     assert gauge.peak <= 2

@@ -1,0 +1,21 @@
+"""Waiting for state that lives outside the test (a database row, another process)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+
+async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], *, timeout: float = 10.0,
+                   step: float = 0.01, what: str = "condition") -> None:
+    """Check ``predicate`` every ``step`` seconds; TimeoutError after ``timeout``."""
+    for _ in range(max(1, math.ceil(timeout / step))):
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        await anyio.sleep(step)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
