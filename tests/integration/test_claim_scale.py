@@ -1,0 +1,122 @@
+"""Claiming stays an index lookup with a million finished jobs in the table.
+
+The plans checked are those of the functions' own statements, read from ``pg_proc``, so a
+change to a function that loses its index fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.helpers import insert_job, job, make_user
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
+
+FINISHED = 1_000_000
+QUEUED_INDEX = "jobs_queued_created_at_idx"
+RUNNING_INDEX = "jobs_running_locked_until_idx"
+
+
+async def fill_finished_jobs(conn: asyncpg.Connection, user: uuid.UUID, count: int) -> None:
+    """``count`` succeeded/failed jobs in one statement (ordered ids keep the primary key cheap)."""
+    await conn.execute("""
+        insert into public.jobs (id, user_id, status, params_json, created_at, started_at,
+                                 ended_at, attempts, model, cost_cents)
+        select lpad(to_hex(i), 32, '0')::uuid, $1,
+               (case when i % 10 = 0 then 'failed' else 'succeeded' end)::job_status,
+               '{"text_prompt": "a cat"}', t, t, t + interval '20 s', 1, 'm', 4
+        from generate_series(1, $2::int) as i,
+             lateral (select now() - interval '400 days' + i * interval '30 s') as s(t)""",
+        user, count)
+    await conn.execute("analyze public.jobs")
+
+
+def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+async def explain(conn: asyncpg.Connection, statement: str, *args: Any) -> list[dict[str, Any]]:
+    raw = await conn.fetchval(f"explain (format json) {statement}", *args)
+    document = json.loads(raw) if isinstance(raw, str) else raw
+    return list(plan_nodes(document[0]["Plan"]))
+
+
+def scans_of_jobs(nodes: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    return [(n["Node Type"], n.get("Index Name")) for n in nodes if n.get("Relation Name") == "jobs"]
+
+
+async def function_body(conn: asyncpg.Connection, name: str) -> str:
+    """The function's SQL with its named parameters turned into ``$n`` placeholders."""
+    row = await conn.fetchrow(
+        "select prosrc, proargnames from pg_proc where proname = $1 and "
+        "pronamespace = 'public'::regnamespace", name)
+    assert row is not None
+    body: str = row["prosrc"]
+    for position, arg in enumerate(row["proargnames"], start=1):
+        body = re.sub(rf"\b{arg}\b", f"${position}", body)
+    return body
+
+
+@pytest.fixture
+async def big_table(conn: asyncpg.Connection) -> list[uuid.UUID]:
+    """A million finished jobs of one user, then three queued ones (oldest first)."""
+    user = await make_user(conn, balance=10)
+    await fill_finished_jobs(conn, user, FINISHED)
+    queued = [await insert_job(conn, user) for _ in range(3)]
+    for age, job_id in zip((3, 2, 1), queued, strict=True):
+        await conn.execute("update jobs set created_at = now() - make_interval(mins => $2) where id = $1",
+                           job_id, age)
+    assert await conn.fetchval("select count(*) from public.jobs") == FINISHED + 3
+    return queued
+
+
+async def test_claim_jobs_uses_the_queued_partial_index(
+    conn: asyncpg.Connection, big_table: list[uuid.UUID]
+) -> None:
+    body = await function_body(conn, "worker_claim_jobs")
+    nodes = await explain(conn, body, "w", 10, 60)
+    scans = scans_of_jobs(nodes)
+    assert (scans[0][1], scans[0][0]) == (QUEUED_INDEX, "Index Scan"), scans
+    assert all(kind != "Seq Scan" for kind, _ in scans), scans
+
+
+async def test_claim_job_by_id_uses_an_index(
+    conn: asyncpg.Connection, big_table: list[uuid.UUID]
+) -> None:
+    body = await function_body(conn, "worker_claim_job")
+    scans = scans_of_jobs(await explain(conn, body, big_table[0], "w", 60))
+    assert scans and all(kind in ("Index Scan", "Index Only Scan") for kind, _ in scans), scans
+    assert {name for _, name in scans} <= {QUEUED_INDEX, "jobs_pkey"}, scans
+
+
+async def test_reap_uses_the_running_partial_index(
+    conn: asyncpg.Connection, big_table: list[uuid.UUID]
+) -> None:
+    body = await function_body(conn, "worker_reap_expired")
+    found = re.search(r"\bfor\s+j\s+in\s+(select .*?)\s+loop\b", body, re.S | re.I)
+    assert found, "the reap loop's query was not found in worker_reap_expired"
+    scans = scans_of_jobs(await explain(conn, found[1], 100))
+    assert scans == [("Index Scan", RUNNING_INDEX)], scans
+
+
+async def test_claim_skips_a_million_finished_jobs_correctly(
+    conn: asyncpg.Connection, big_table: list[uuid.UUID]
+) -> None:
+    first, second, third = big_table
+    rows = await conn.fetch("select id from worker_claim_jobs('w1', 2, 60)")
+    assert [r["id"] for r in rows] == [first, second]
+    assert [r["id"] for r in await conn.fetch("select id from worker_claim_job($1, 'w2', 60)", third)] == [third]
+    assert await conn.fetch("select id from worker_claim_jobs('w3', 10, 60)") == []
+    await conn.execute("update jobs set locked_until = now() - interval '1 s' where id = $1", second)
+    assert await conn.fetchval("select worker_reap_expired(100)") == 1
+    assert (await job(conn, second))["status"] == "queued"
+    assert await conn.fetchval("select count(*) from jobs where status = 'running'") == 2
