@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,16 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[postgres.PostgresServer]:
+def pg_server() -> Iterator[postgres.PostgresServer]:
     url = os.environ.get("DATABASE_URL")
     if url:
         yield postgres.PostgresServer(dsn=url)
         return
-    server = postgres.start_embedded(tmp_path_factory.mktemp("pgdata"), cleanup="delete")
+    # Not under pytest's temp folder: when tests run as root the server runs as a separate user,
+    # and every new pytest session resets that folder to owner-only access.
+    folder = Path(tempfile.mkdtemp(prefix="rw-pgdata-"))
+    folder.chmod(0o755)
+    server = postgres.start_embedded(folder / "data", cleanup="delete")
     try:
         yield server
     finally:

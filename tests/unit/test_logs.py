@@ -85,14 +85,14 @@ def test_json_line_has_cloud_logging_fields() -> None:
 def test_json_stack_trace_for_exceptions() -> None:
     stream = json_log()
     try:
-        {}["missing"]  # noqa: B018
-    except KeyError:
+        int("not a number")
+    except ValueError:
         logger.exception("lookup failed")
     [entry] = entries(stream)
     assert entry["severity"] == "ERROR"
     assert entry["message"] == "lookup failed"
     assert entry["stack_trace"].startswith("Traceback (most recent call last):")
-    assert "KeyError: 'missing'" in entry["stack_trace"]
+    assert "ValueError: invalid literal for int()" in entry["stack_trace"]
     assert entry["event"] == "log"
 
 

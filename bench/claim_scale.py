@@ -1,0 +1,161 @@
+"""Claim latency with 1k vs 1M finished jobs in the table (target: within 2x).
+
+``uv run python -m bench.claim_scale [claims]`` builds a scratch database (on the server in
+``DATABASE_URL``, else an embedded Postgres from ``pgserver``) with the Supabase base, the app's
+schema and the worker's migration; then, with 1,000 and again with 1,000,000 finished jobs in
+``public.jobs``, it times ``worker_claim_job`` (a fresh queued job, by id) and
+``worker_claim_jobs`` (limit 1), one asyncpg round trip each, and prints p50/p95/p99 side by
+side. The scratch database is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+
+from realtime_worker.devstack import postgres
+
+SMALL, LARGE = 1_000, 1_000_000
+WARM_UP = 20
+LEASE = 60
+Claim = Callable[[asyncpg.Connection, uuid.UUID], Awaitable[int]]
+
+
+async def make_user(conn: asyncpg.Connection) -> uuid.UUID:
+    user = uuid.uuid4()
+    await conn.execute("insert into auth.users (id) values ($1)", user)
+    await conn.execute("insert into public.users (id) values ($1)", user)
+    await conn.execute("insert into public.credits (user_id, balance) values ($1, 1000000)", user)
+    return user
+
+
+async def add_finished_jobs(conn: asyncpg.Connection, user: uuid.UUID, first: int, last: int) -> None:
+    """Succeeded and failed jobs numbered ``first..last``, in one statement, then vacuum."""
+    await conn.execute("""
+        insert into public.jobs (id, user_id, status, params_json, created_at, started_at,
+                                 ended_at, attempts, model, cost_cents)
+        select lpad(to_hex(i), 32, '0')::uuid, $1,
+               (case when i % 10 = 0 then 'failed' else 'succeeded' end)::job_status,
+               '{"text_prompt": "a cat"}', t, t, t + interval '20 s', 1, 'm', 4
+        from generate_series($2::int, $3::int) as i,
+             lateral (select now() - interval '400 days' + i * interval '30 s') as s(t)""",
+        user, first, last)
+    await conn.execute("vacuum analyze public.jobs")
+
+
+async def queue_job(conn: asyncpg.Connection, user: uuid.UUID) -> uuid.UUID:
+    job_id: uuid.UUID = await conn.fetchval(
+        "insert into public.jobs (user_id, params_json) values ($1, '{}') returning id", user)
+    return job_id
+
+
+async def claim_by_id(conn: asyncpg.Connection, job_id: uuid.UUID) -> int:
+    rows = await conn.fetch("select id from worker_claim_job($1, 'bench', $2)", job_id, LEASE)
+    return len(rows)
+
+
+async def claim_oldest(conn: asyncpg.Connection, job_id: uuid.UUID) -> int:
+    rows = await conn.fetch("select id from worker_claim_jobs('bench', 1, $1)", LEASE)
+    return len(rows)
+
+
+CLAIMS: dict[str, Claim] = {
+    "worker_claim_job": claim_by_id,
+    "worker_claim_jobs(limit 1)": claim_oldest,
+}
+
+
+async def time_claims(conn: asyncpg.Connection, user: uuid.UUID, claim: Claim, count: int) -> list[float]:
+    """Milliseconds per claim; each claims one freshly queued job, which is then finished."""
+    timings = []
+    for index in range(WARM_UP + count):
+        job_id = await queue_job(conn, user)
+        start = time.perf_counter()
+        claimed = await claim(conn, job_id)
+        elapsed = time.perf_counter() - start
+        if claimed != 1:
+            raise RuntimeError(f"claim {index} took {claimed} jobs, expected 1")
+        await conn.execute("update public.jobs set status = 'succeeded', ended_at = now() "
+                           "where id = $1", job_id)
+        if index >= WARM_UP:
+            timings.append(elapsed * 1000)
+    return timings
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49], cuts[94], cuts[98]
+
+
+async def measure(conn: asyncpg.Connection, user: uuid.UUID, count: int) -> dict[str, tuple[float, ...]]:
+    return {name: percentiles(await time_claims(conn, user, claim, count))
+            for name, claim in CLAIMS.items()}
+
+
+def report(small: dict[str, tuple[float, ...]], large: dict[str, tuple[float, ...]]) -> None:
+    head = f"{'p50':>7} {'p95':>7} {'p99':>7}"
+    print(f"{'':<28} {'1k finished jobs (ms)':^23}   {'1M finished jobs (ms)':^23}   "
+          f"{'ratio 1M/1k':^20}")
+    print(f"{'claim':<28} {head}   {head}   {'p50':>6} {'p95':>6} {'p99':>6}")
+    for name in CLAIMS:
+        a, b = small[name], large[name]
+        ratios = " ".join(f"{y / x:>5.2f}x" for x, y in zip(a, b, strict=True))
+        print(f"{name:<28} {a[0]:>7.3f} {a[1]:>7.3f} {a[2]:>7.3f}   "
+              f"{b[0]:>7.3f} {b[1]:>7.3f} {b[2]:>7.3f}   {ratios}")
+    worst = max(large[n][0] / small[n][0] for n in CLAIMS)
+    verdict = "within" if worst <= 2 else "NOT within"
+    print(f"target: p50 at 1M within 2x of p50 at 1k -> worst p50 ratio {worst:.2f}x ({verdict})")
+
+
+async def run(admin_dsn: str, count: int) -> None:
+    name = f"rw_bench_{secrets.token_hex(3)}"
+    dsn = await postgres.create_database(admin_dsn, name)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await postgres.install_schema(conn)
+            version = await conn.fetchval("show server_version")
+            user = await make_user(conn)
+            await add_finished_jobs(conn, user, 1, SMALL)
+            small = await measure(conn, user, count)
+            started = time.perf_counter()
+            await add_finished_jobs(conn, user, SMALL + 1, LARGE)
+            filled = time.perf_counter() - started
+            large = await measure(conn, user, count)
+        finally:
+            await conn.close()
+    finally:
+        await postgres.drop_database(admin_dsn, name)
+    print(f"Postgres {version}; {count} claims per function and size, one asyncpg connection, "
+          f"{WARM_UP} warm-up claims discarded; adding {LARGE - SMALL:,} finished jobs took "
+          f"{filled:.1f} s")
+    report(small, large)
+
+
+def main(count: int) -> None:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        print("server: DATABASE_URL")
+        asyncio.run(run(url, count))
+        return
+    with tempfile.TemporaryDirectory(prefix="rw-bench-") as folder:
+        server = postgres.start_embedded(Path(folder) / "pgdata", cleanup="delete")
+        try:
+            print("server: embedded (pgserver)")
+            asyncio.run(run(server.dsn, count))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)
