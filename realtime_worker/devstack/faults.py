@@ -19,6 +19,7 @@ class Faults:
     realtime_drop_fraction: float = 0.0
     realtime_delay_seconds: float = 0.0
     realtime_refuse_joins: bool = False
+    realtime_refuse_connections: bool = False  # the websocket endpoint answers 503
     # REST and Storage
     rest_error_fraction: float = 0.0
     rest_error_status: int = 503

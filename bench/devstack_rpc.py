@@ -1,0 +1,80 @@
+"""RPC round trips through the devstack: the official supabase async client over loopback.
+
+Run: ``uv run python -m bench.devstack_rpc [N]`` (DATABASE_URL names a server to use; without it
+an embedded Postgres is started in a temporary folder). Prints p50/p95/p99; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import httpx
+from supabase import AsyncClientOptions, acreate_client
+
+from realtime_worker.devstack import postgres
+from realtime_worker.devstack.server import running
+
+WARM_UP = 50
+
+
+@asynccontextmanager
+async def database(folder: Path) -> AsyncIterator[str]:
+    """A fresh database on DATABASE_URL's server or on an embedded one, dropped afterwards."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        server = postgres.PostgresServer(dsn=url)
+    else:
+        server = await anyio.to_thread.run_sync(
+            lambda: postgres.start_embedded(folder / "pg", cleanup="delete"))
+    name = f"rw_bench_{secrets.token_hex(3)}"
+    try:
+        yield await postgres.create_database(server.dsn, name)
+    finally:
+        await postgres.drop_database(server.dsn, name)
+        await anyio.to_thread.run_sync(server.stop)
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def measure(url: str, key: str, count: int) -> list[float]:
+    http = httpx.AsyncClient()
+    try:
+        client = await acreate_client(url, key, AsyncClientOptions(httpx_client=http))
+        args = {"p_job_id": str(uuid.uuid4()), "p_worker": "bench", "p_lease_seconds": 60}
+        samples = []
+        for i in range(WARM_UP + count):
+            started = time.perf_counter()
+            await client.rpc("worker_heartbeat", args).execute()
+            if i >= WARM_UP:
+                samples.append((time.perf_counter() - started) * 1000)
+        return samples
+    finally:
+        await http.aclose()
+
+
+async def main(count: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        async with database(Path(folder)) as dsn, running(
+                database_dsn=dsn, data_dir=Path(folder) / "ds") as stack:
+            samples = await measure(stack.url, stack.service_key, count)
+    print(f"worker_heartbeat via supabase-py over loopback, N={count} (after {WARM_UP} warm-up calls)")
+    print(f"  p50 {percentile(samples, 0.50):6.2f} ms   p95 {percentile(samples, 0.95):6.2f} ms"
+          f"   p99 {percentile(samples, 0.99):6.2f} ms   mean {statistics.fmean(samples):6.2f} ms")
+
+
+if __name__ == "__main__":
+    anyio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 500)

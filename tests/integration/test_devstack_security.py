@@ -1,0 +1,164 @@
+"""Keys, roles and RLS on the devstack: every request runs as its key, as on Supabase."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from postgrest.exceptions import APIError
+from storage3.exceptions import StorageApiError
+from supabase import AsyncClient
+
+from realtime_worker.devstack.keys import Keys
+from realtime_worker.devstack.server import Devstack
+from realtime_worker.devstack.stack import local_database
+from realtime_worker.errors import ConfigError
+from tests.devstack_fixtures import file_options, rows, supabase_client
+from tests.helpers import insert_job, make_user
+
+pytestmark = pytest.mark.integration
+
+CLAIM_ARGS = {"p_worker": "w", "p_limit": 1, "p_lease_seconds": 30}
+
+
+async def test_no_key_is_refused(devstack: Devstack) -> None:
+    async with httpx.AsyncClient(base_url=devstack.url) as http:
+        rest = await http.post("/rest/v1/rpc/worker_reap_expired", json={"p_limit": 1})
+        storage = await http.get("/storage/v1/object/originals/u/x.png")
+        bearer = {"Authorization": f"Bearer {devstack.service_key}"}
+        bearer_only = await http.get("/rest/v1/jobs", headers=bearer)
+    for response in (rest, storage, bearer_only):
+        assert response.status_code == 401
+        assert response.json() == {"message": "No API key found in request",
+                                   "hint": "No `apikey` request header or url param was found."}
+
+
+async def test_badly_signed_keys_are_refused(devstack: Devstack, tmp_path: Path) -> None:
+    forged = Keys("not-the-secret-of-this-stack-but-long-enough-for-hs256").service_role
+    async with supabase_client(devstack.url, forged) as client:
+        with pytest.raises(APIError) as caught:
+            await client.rpc("worker_reap_expired", {"p_limit": 1}).execute()
+        assert caught.value.message == "Invalid API key"
+        with pytest.raises(StorageApiError) as storage:
+            await client.storage.from_("originals").download("u/x.png")
+        assert storage.value.status == 401
+    headers = {"apikey": devstack.anon_key, "Authorization": f"Bearer {forged}"}
+    async with httpx.AsyncClient(base_url=devstack.url, headers=headers) as http:
+        rest = await http.get("/rest/v1/jobs")
+        storage_bearer = await http.get("/storage/v1/object/originals/u/x.png")
+        expired = await http.get("/rest/v1/jobs", headers={
+            "Authorization": f"Bearer {devstack.keys.make('service_role', ttl=-10)}"})
+    assert (rest.status_code, rest.json()["code"]) == (401, "PGRST301")
+    assert storage_bearer.json()["statusCode"] == "403" and storage_bearer.json()["error"] == "Unauthorized"
+    assert (expired.status_code, expired.json()["message"]) == (401, "JWT expired")
+
+
+async def test_anon_cannot_run_worker_functions(supabase_anon: AsyncClient, devstack: Devstack) -> None:
+    with pytest.raises(APIError) as caught:
+        await supabase_anon.rpc("worker_claim_jobs", CLAIM_ARGS).execute()
+    assert caught.value.code == "42501" and "permission denied" in str(caught.value.message)
+    headers = {"apikey": devstack.keys.make("authenticated", sub="00000000-0000-4000-8000-000000000001")}
+    async with httpx.AsyncClient(base_url=devstack.url) as http:
+        anon = await http.post("/rest/v1/rpc/worker_claim_jobs", json=CLAIM_ARGS,
+                               headers={"apikey": devstack.anon_key})
+        signed_in = await http.post("/rest/v1/rpc/worker_claim_jobs", json=CLAIM_ARGS, headers=headers)
+    assert (anon.status_code, signed_in.status_code) == (401, 403)
+
+
+async def test_rls_a_user_reads_only_their_jobs(devstack: Devstack, conn: asyncpg.Connection) -> None:
+    alice, bob = await make_user(conn), await make_user(conn)
+    alice_job, bob_job = await insert_job(conn, alice), await insert_job(conn, bob)
+    async with supabase_client(devstack.url, devstack.keys.make("authenticated", sub=str(alice))) as client:
+        mine = await client.table("jobs").select("id").execute()
+        assert [r["id"] for r in rows(mine.data)] == [str(alice_job)]
+        theirs = await client.table("jobs").select("id").eq("id", str(bob_job)).execute()
+        assert theirs.data == []
+        created = await client.table("jobs").insert({"user_id": str(alice), "params_json": {}}).execute()
+        assert rows(created.data)[0]["user_id"] == str(alice)
+        with pytest.raises(APIError) as forged:
+            await client.table("jobs").insert({"user_id": str(bob), "params_json": {}}).execute()
+        assert forged.value.code == "42501"
+    async with supabase_client(devstack.url, devstack.anon_key) as anon:
+        assert (await anon.table("jobs").select("id").execute()).data == []
+
+
+async def test_rls_a_user_cannot_download_another_users_objects(
+        devstack: Devstack, supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
+    alice, bob = await make_user(conn), await make_user(conn)
+    png = file_options("image/png")
+    await supabase_service.storage.from_("originals").upload(f"{bob}/photo.png", b"bob's", png)
+    async with supabase_client(devstack.url, devstack.keys.make("authenticated", sub=str(alice))) as client:
+        bucket = client.storage.from_("originals")
+        await bucket.upload(f"{alice}/photo.png", b"alice's", png)
+        assert await bucket.download(f"{alice}/photo.png") == b"alice's"
+        with pytest.raises(StorageApiError) as caught:
+            await bucket.download(f"{bob}/photo.png")
+        assert caught.value.status == "404"
+        assert await bucket.list(str(bob)) == []
+        with pytest.raises(StorageApiError) as upload:
+            await bucket.upload(f"{bob}/mine-now.png", b"x", png)
+        assert upload.value.status == "403"
+        assert await bucket.remove([f"{bob}/photo.png"]) == []
+    assert await supabase_service.storage.from_("originals").download(f"{bob}/photo.png") == b"bob's"
+
+
+async def test_admin_needs_the_service_key(devstack: Devstack) -> None:
+    async with httpx.AsyncClient(base_url=devstack.url) as http:
+        nobody = await http.get("/admin/faults")
+        anon = await http.get("/admin/faults", headers={"apikey": devstack.anon_key})
+    assert (nobody.status_code, anon.status_code) == (401, 401)
+
+
+async def test_admin_faults_realtime_and_gemini_log(devstack: Devstack) -> None:
+    headers = {"apikey": devstack.service_key}
+    async with httpx.AsyncClient(base_url=devstack.url, headers=headers) as http:
+        assert (await http.get("/admin/faults")).json()["rest_error_fraction"] == 0.0
+        changed = await http.post("/admin/faults", json={"rest_error_fraction": 0.5, "seed": 7})
+        assert changed.status_code == 200 and devstack.faults.rest_error_fraction == 0.5
+        unknown = await http.post("/admin/faults", json={"no_such_fault": 1})
+        assert unknown.status_code == 400 and "no_such_fault" in unknown.json()["message"]
+        not_object = await http.post("/admin/faults", json=[1])
+        assert not_object.status_code == 400
+        await http.post("/admin/faults/reset")
+        assert devstack.faults.rest_error_fraction == 0.0
+        assert (await http.post("/admin/realtime/cut")).json() == {"ok": True}
+        assert (await http.post("/admin/realtime/close")).json() == {"ok": True}
+        assert (await http.get("/admin/gemini/requests")).json() == []
+        generated = await http.post(
+            "/v1beta/models/gemini-2.5-flash-image:generateContent",
+            json={"contents": [{"role": "user", "parts": [{"text": "a cat"}]}]},
+            headers={"x-goog-api-key": devstack.gemini_api_key, "apikey": ""})
+        assert generated.status_code == 200
+        log = (await http.get("/admin/gemini/requests")).json()
+        assert [(r["model"], r["prompt"]) for r in log] == [("gemini-2.5-flash-image", "a cat")]
+
+
+@pytest.mark.parametrize(("url", "local"), [
+    ("postgresql://postgres@127.0.0.1:5432/postgres", True),
+    ("postgresql://postgres@localhost/app", True),
+    ("postgresql://postgres:@/devstack?host=/tmp/pg", True),
+    ("postgresql://postgres:pw@db.abcdefgh.supabase.co:5432/postgres", False),
+])
+def test_devstack_command_only_uses_a_local_database(url: str, local: bool) -> None:
+    if local:
+        assert local_database(url) == url
+    else:
+        with pytest.raises(ConfigError):
+            local_database(url)
+
+
+def test_binds_loopback_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1"):
+        Devstack(database_dsn="postgresql://unused", data_dir=tmp_path, host="0.0.0.0")
+
+
+async def test_env_names_everything_a_worker_needs(devstack: Devstack) -> None:
+    env = devstack.env()
+    assert env["SUPABASE_URL"] == env["GEMINI_BASE_URL"] == devstack.url
+    assert devstack.url.startswith("http://127.0.0.1:")
+    assert devstack.keys.verify(env["SUPABASE_SERVICE_ROLE_KEY"])["role"] == "service_role"
+    assert devstack.keys.verify(env["SUPABASE_ANON_KEY"])["role"] == "anon"
+    assert env["GEMINI_API_KEY"] == (devstack.data_dir / "gemini_api_key").read_text().strip()
+    assert env["DATABASE_URL"] == devstack.database_dsn
