@@ -6,12 +6,16 @@ import argparse
 import functools
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from uuid import UUID
 
 import anyio
+import asyncpg
 
-from realtime_worker import config, logs, migrate, sql
-from realtime_worker.errors import ConfigError, WorkerError
+from realtime_worker import config, logs, migrate, sql, submit
+from realtime_worker.devstack import stack as devstack_cli
+from realtime_worker.errors import AdapterError, ConfigError, WorkerError
 from realtime_worker.worker import ProcessorFactory, Worker
 
 DEFAULT_PROCESSOR = "realtime_worker.pipeline:open_pipeline"
@@ -81,6 +85,70 @@ def _add_run(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def _database_url() -> str:
+    settings = _tool_settings()
+    if settings.database_url is None:
+        raise ConfigError("configuration error: DATABASE_URL is missing")
+    return settings.database_url.get_secret_value()
+
+
+async def _with_connection(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+    try:
+        conn = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise AdapterError(f"cannot connect to DATABASE_URL: {type(exc).__name__}") from exc
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Create a job the way the app does (deduct a credit, insert it queued)."""
+    params: dict[str, Any] = {"text_prompt": args.prompt, "complexity": args.complexity,
+                              "line_thickness": args.line_thickness, "paper_size": args.paper_size}
+    if args.title:
+        params["title"] = args.title
+
+    async def work(conn: asyncpg.Connection) -> int:
+        job_id = await submit.submit(conn, params, email=args.email)
+        print(f"job {job_id} queued")
+        if not args.wait:
+            return 0
+        row = await submit.wait(conn, job_id, args.timeout)
+        detail = row["error"] if row["status"] == "failed" else f"model {row['model']}"
+        print(f"job {job_id} {row['status']} after {row['attempts']} attempt(s): {detail}")
+        return 0 if row["status"] == "succeeded" else 1
+
+    return anyio.run(_with_connection, _database_url(), work)
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    """Put a failed job back in the queue by hand."""
+
+    async def work(conn: asyncpg.Connection) -> int:
+        print(f"job {args.job_id}: {await submit.requeue(conn, args.job_id)}")
+        return 0
+
+    return anyio.run(_with_connection, _database_url(), work)
+
+
+def _add_job_tools(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subs.add_parser("submit", help=cmd_submit.__doc__)
+    p.add_argument("prompt", help='what to draw, e.g. "a tiger eating a burger"')
+    p.add_argument("--email", default="dev@example.test", help="the user who pays the credit")
+    p.add_argument("--complexity", default="standard", choices=["simple", "standard", "detailed"])
+    p.add_argument("--line-thickness", default="medium", choices=["thin", "medium", "thick"])
+    p.add_argument("--paper-size", default="A4", choices=["A4", "Letter"])
+    p.add_argument("--title", help="printed at the top of the PDF")
+    p.add_argument("--wait", action="store_true", help="wait for the outcome and print it")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait with --wait")
+    p.set_defaults(func=cmd_submit)
+    p = subs.add_parser("requeue", help=cmd_requeue.__doc__)
+    p.add_argument("job_id", type=UUID)
+    p.set_defaults(func=cmd_requeue)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realtime-worker", description=__doc__)
     subs = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-apply migrations already recorded")
     p.set_defaults(func=cmd_migrate)
     _add_run(subs)
+    _add_job_tools(subs)
     for register in EXTRA_COMMANDS:
         register(subs)
     return parser
@@ -96,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Sub-commands defined in other modules add themselves here (devstack, run, dev, demo, ...).
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+EXTRA_COMMANDS.append(devstack_cli.register)
 
 
 def _cause_chain(exc: BaseException) -> str:

@@ -76,10 +76,11 @@ def build_app(state: HealthState, metrics: Metrics) -> web.Application:
 async def serve(state: HealthState, metrics: Metrics, host: str, port: int,
                 *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve until cancelled; reports the bound port through ``task_status``."""
-    runner = web.AppRunner(build_app(state, metrics), access_log=None, handle_signals=False)
+    runner = web.AppRunner(build_app(state, metrics), access_log=None, handle_signals=False,
+                           shutdown_timeout=1.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1]
         logger.bind(event="health_listening", port=bound).info(f"health server on port {bound}")

@@ -150,7 +150,7 @@ class Listener:
     async def _watch(self, client: Any, channel: Any) -> bool:
         worked, broken_since = False, None
         while True:
-            healthy = bool(client.realtime.is_connected and channel.is_joined and self._db_subscribed)
+            healthy = bool(_listening(client) and channel.is_joined and self._db_subscribed)
             if healthy and not self._health.realtime_subscribed:
                 worked = True
                 self.subscriptions += 1
@@ -161,7 +161,7 @@ class Listener:
             else:
                 self._set_subscribed(False)
                 broken_since = broken_since or time.monotonic()
-                if self._closed or _gave_up(client) or (
+                if self._closed or _dead(client) or (
                         time.monotonic() - broken_since > self._s.rebuild_after_seconds):
                     return worked
             self._changed = anyio.Event()
@@ -176,11 +176,22 @@ class Listener:
         self._metrics.realtime_connected.set(1 if value else 0)
 
 
-def _gave_up(client: Any) -> bool:
-    """realtime-py stops for good after max_retries failed reconnects: its listen task is over."""
-    realtime = client.realtime
-    task = getattr(realtime, "_listen_task", None)
-    return not realtime.is_connected and (task is None or task.done())
+def _listen_task(client: Any) -> Any:
+    return getattr(client.realtime, "_listen_task", None)
+
+
+def _listening(client: Any) -> bool:
+    task = _listen_task(client)
+    return bool(client.realtime.is_connected and task is not None and not task.done())
+
+
+def _dead(client: Any) -> bool:
+    """realtime-py's listen task is over: it gave up reconnecting (after max_retries) or crashed.
+
+    It runs reconnects itself, so while it lives the client may still recover on its own.
+    """
+    task = _listen_task(client)
+    return task is not None and task.done()
 
 
 async def _close_quietly(client: Any) -> None:

@@ -1,0 +1,131 @@
+"""The worker over the devstack: Realtime pickup, the sweep as fallback, resubscription."""
+
+from __future__ import annotations
+
+import aiohttp
+import asyncpg
+import pytest
+
+from realtime_worker.devstack.server import Devstack
+from tests.conftest import Database
+from tests.helpers import insert_job, make_user
+from tests.waiting import wait_for
+from tests.workers import claimed, listener_settings, running_worker, statuses
+
+pytestmark = pytest.mark.integration
+
+NO_SWEEP = "600"
+
+
+async def ready(port: int) -> bool:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/ready") as resp:
+        body = await resp.json()
+        return resp.status == 200 and bool(body["ready"])
+
+
+async def done(db: Database, count: int) -> bool:
+    return (await statuses(db.dsn)).get("succeeded", 0) == count
+
+
+async def test_realtime_pickup_without_waiting_for_the_sweep(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    async with running_worker(devstack, SWEEP_INTERVAL_SECONDS=NO_SWEEP) as (worker, port):
+        await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
+        assert await ready(port)
+        user = await make_user(conn)
+        await insert_job(conn, user)
+        await wait_for(lambda: done(db, 1), within=5, what="job done")
+        assert claimed(worker, "realtime") == 1
+        assert claimed(worker, "sweep") == 0
+
+
+async def test_dropped_events_are_found_by_the_sweep(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    devstack.faults.update({"realtime_drop_fraction": 1.0})
+    async with running_worker(devstack, SWEEP_INTERVAL_SECONDS="0.3",
+                              MAX_CONCURRENT_JOBS="16") as (worker, _):
+        await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
+        user = await make_user(conn)
+        for _ in range(10):
+            await insert_job(conn, user)
+        await wait_for(lambda: done(db, 10), within=10, what="all jobs done")
+        assert claimed(worker, "realtime") == 0
+        assert claimed(worker, "sweep") == 10
+    assert devstack.realtime.events_dropped >= 10
+
+
+async def test_cut_socket_and_refused_joins_then_catch_up(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    async with running_worker(devstack, SWEEP_INTERVAL_SECONDS=NO_SWEEP) as (worker, port):
+        await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
+        devstack.faults.update({"realtime_refuse_joins": True})
+        await devstack.realtime.cut_sockets()
+        await wait_for(lambda: not worker.health.realtime_subscribed, what="disconnect")
+        assert not await ready(port)
+        user = await make_user(conn)
+        await insert_job(conn, user)  # announced while nobody listens: lost as an event
+        devstack.faults.update({"realtime_refuse_joins": False})
+        await wait_for(lambda: done(db, 1), within=20, what="catch-up claim")
+        assert claimed(worker, "catchup") == 1
+        assert claimed(worker, "realtime") == 0
+        await wait_for(lambda: ready(port), within=5, what="ready again")
+
+
+async def test_server_phx_close_is_resubscribed(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    async with running_worker(devstack, SWEEP_INTERVAL_SECONDS=NO_SWEEP) as (worker, _):
+        await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
+        await devstack.realtime.close_channels()
+        await wait_for(lambda: not worker.health.realtime_subscribed, what="channel closed")
+        await wait_for(lambda: worker.health.realtime_subscribed, within=10, what="resubscribed")
+        user = await make_user(conn)
+        await insert_job(conn, user)
+        await wait_for(lambda: done(db, 1), within=5, what="job done")
+        assert claimed(worker, "realtime") == 1
+        resubscribes = worker.metrics.registry.get_sample_value("worker_realtime_resubscribes_total")
+        assert resubscribes is not None and resubscribes >= 1
+
+
+async def test_client_that_gave_up_reconnecting_is_rebuilt(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    listener = listener_settings(devstack, client_max_retries=2, rebuild_after_seconds=30.0)
+    async with running_worker(devstack, listener=listener, SWEEP_INTERVAL_SECONDS=NO_SWEEP) as (worker, _):
+        await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
+        devstack.faults.update({"realtime_refuse_connections": True})
+        await devstack.realtime.cut_sockets()
+        await wait_for(lambda: not worker.health.realtime_subscribed, what="disconnect")
+        user = await make_user(conn)
+        await insert_job(conn, user)
+        devstack.faults.update({"realtime_refuse_connections": False})
+        # rebuild_after is 30 s: coming back sooner proves the supervisor saw the client give up
+        await wait_for(lambda: done(db, 1), within=15, what="catch-up after rebuild")
+        assert claimed(worker, "catchup") == 1
+
+
+async def test_poll_only_mode_needs_no_realtime(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    devstack.faults.update({"realtime_refuse_connections": True})
+    async with running_worker(devstack, WORKER_MODE="poll",
+                              POLL_INTERVAL_SECONDS="0.2") as (worker, port):
+        user = await make_user(conn)
+        for _ in range(3):
+            await insert_job(conn, user)
+        await wait_for(lambda: done(db, 3), within=10, what="jobs done by polling")
+        assert await ready(port)
+        assert claimed(worker, "sweep") == 3
+    assert devstack.realtime.connections == 0
+
+
+async def test_paused_worker_claims_nothing(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    user = await make_user(conn)
+    await insert_job(conn, user)
+    async with running_worker(devstack, PAUSE_WORKER="true",
+                              POLL_INTERVAL_SECONDS="0.1", WORKER_MODE="poll") as (worker, port):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/health") as resp:
+                assert resp.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/ready") as resp:
+                assert (await resp.json())["paused"] is True
+        assert worker.dispatcher is None
+    assert await statuses(db.dsn) == {"queued": 1}

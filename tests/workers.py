@@ -1,0 +1,88 @@
+"""Running workers against the devstack: in-process (for metrics) or as CLI subprocesses."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+from anyio.abc import Process
+
+from realtime_worker.config import WorkerSettings
+from realtime_worker.devstack.server import Devstack
+from realtime_worker.listener import ListenerSettings
+from realtime_worker.testing import scripted
+from realtime_worker.worker import Worker
+
+FAST = {"LEASE_SECONDS": "6", "SHUTDOWN_GRACE_SECONDS": "2", "LOG_LEVEL": "WARNING"}
+
+
+def settings(devstack: Devstack, **env: str) -> WorkerSettings:
+    values = {**devstack.env(), "PORT": "0", "WORKER_ID": "w-test", **FAST, **env}
+    return WorkerSettings.model_validate(values)
+
+
+def listener_settings(devstack: Devstack, **overrides: Any) -> ListenerSettings:
+    values: dict[str, Any] = {"rebuild_after_seconds": 2.0, "backoff_initial_seconds": 0.1,
+                              "backoff_max_seconds": 0.5, "client_initial_backoff_seconds": 0.1,
+                              **overrides}
+    return ListenerSettings(url=devstack.url, key=devstack.service_key, **values)
+
+
+@asynccontextmanager
+async def running_worker(devstack: Devstack, *, listener: ListenerSettings | None = None,
+                         **env: str) -> AsyncIterator[tuple[Worker, int]]:
+    """An in-process worker with the scripted processor; yields it and its health port."""
+    worker = Worker(settings(devstack, **env), scripted,
+                    listener=listener or listener_settings(devstack))
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(functools.partial(worker.run, host="127.0.0.1", install_signals=False))
+        try:
+            yield worker, port
+        finally:
+            worker.request_stop()
+
+
+def claimed(worker: Worker, source: str) -> float:
+    value = worker.metrics.registry.get_sample_value("worker_jobs_claimed_total", {"source": source})
+    return value or 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def subprocess_env(devstack: Devstack, **env: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE", "GEMINI"))}
+    return {**base, **devstack.env(), "PORT": str(free_port()), "LOG_FORMAT": "json", **FAST, **env}
+
+
+async def spawn_worker(env: dict[str, str], *args: str, log: Path | None = None) -> Process:
+    """``realtime-worker run --processor realtime_worker.testing:scripted`` as a subprocess."""
+    command = [sys.executable, "-m", "realtime_worker", "run",
+               "--processor", "realtime_worker.testing:scripted", *args]
+    if log is None:
+        return await anyio.open_process(command, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return await anyio.open_process(command, env=env, stdout=out, stderr=out)
+
+
+async def statuses(dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("select status::text, count(*) from jobs group by 1")
+    finally:
+        await conn.close()
+    return {r[0]: r[1] for r in rows}
