@@ -6,6 +6,8 @@ behaviour each job sets in ``params_json.script``: ``{"duration": 2.5, "fail": "
 "permanent" | "crash", "retry_after": 1}``; it is what the worker tests run instead of Gemini
 (``realtime-worker run --processor realtime_worker.testing:scripted``). With
 ``SCRIPTED_CALL_LOG`` set, every call appends ``<job id> <worker id>`` to that file.
+``InMemoryStorage`` and ``InMemoryAssets`` implement the Storage and assets ports of the
+pipeline.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import anyio
+import anyio.lowlevel
 
+from realtime_worker.assets import AssetLookupError, AssetRow
 from realtime_worker.dispatcher import Processor
-from realtime_worker.errors import PermanentJobError, RetryableJobError
-from realtime_worker.jobs import Job, JobResult, JobStatus
+from realtime_worker.errors import PermanentJobError, RetryableJobError, StorageError
+from realtime_worker.jobs import AssetKind, Job, JobResult, JobStatus
+from realtime_worker.paths import ObjectPath
+from realtime_worker.storage import ObjectNotFound, StorageUnavailable
 
 if TYPE_CHECKING:
     from realtime_worker.worker import WorkerContext
@@ -157,3 +163,55 @@ class ScriptedProcessor:
 async def scripted(context: WorkerContext) -> AsyncIterator[Processor]:
     """Processor factory for ``--processor realtime_worker.testing:scripted``."""
     yield ScriptedProcessor(context.settings.worker_id, os.environ.get("SCRIPTED_CALL_LOG"))
+
+
+class InMemoryStorage:
+    """The Storage port in memory: objects by (bucket, name) with their content types.
+
+    ``unavailable`` makes every call raise ``StorageUnavailable`` (an outage);
+    ``refuse_uploads`` makes uploads raise a plain ``StorageError`` (a refusal).
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], tuple[bytes, str]] = {}
+        self.unavailable = False
+        self.refuse_uploads = False
+
+    def put(self, path: ObjectPath, data: bytes, content_type: str = "image/jpeg") -> None:
+        self.objects[(path.bucket, path.name)] = (data, content_type)
+
+    async def download(self, path: ObjectPath) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        if self.unavailable:
+            raise StorageUnavailable(f"download of {path.qualified} failed: 503")
+        found = self.objects.get((path.bucket, path.name))
+        if found is None:
+            raise ObjectNotFound(f"download of {path.qualified} failed: 404")
+        return found[0]
+
+    async def upload(self, path: ObjectPath, data: bytes, content_type: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self.unavailable:
+            raise StorageUnavailable(f"upload of {path.qualified} failed: 503")
+        if self.refuse_uploads:
+            raise StorageError(f"upload of {path.qualified} failed: 403 AccessDenied")
+        self.put(path, data, content_type)
+
+
+class InMemoryAssets:
+    """The assets port in memory; ``unavailable`` makes lookups raise ``AssetLookupError``."""
+
+    def __init__(self) -> None:
+        self.rows: dict[UUID, AssetRow] = {}
+        self.unavailable = False
+
+    def add(self, user_id: UUID, kind: AssetKind, storage_path: str) -> UUID:
+        row = AssetRow(id=uuid4(), user_id=user_id, kind=kind, storage_path=storage_path)
+        self.rows[row.id] = row
+        return row.id
+
+    async def get(self, asset_id: UUID) -> AssetRow | None:
+        await anyio.lowlevel.checkpoint()
+        if self.unavailable:
+            raise AssetLookupError(f"reading asset {asset_id} failed: 503")
+        return self.rows.get(asset_id)

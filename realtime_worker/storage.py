@@ -1,0 +1,86 @@
+"""Supabase Storage behind one port: download inputs, upload outputs.
+
+:class:`Storage` is what the pipeline uses; :class:`SupabaseStorage` is the real adapter over
+the official async client. storage3 and transport errors are translated here, at the
+boundary: a missing object is :class:`ObjectNotFound`, an outage or time-out is
+:class:`StorageUnavailable` (worth a retry), anything else a plain :class:`StorageError`.
+``testing.InMemoryStorage`` implements the same port for tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import httpx
+from storage3.exceptions import StorageApiError
+
+from realtime_worker.errors import StorageError
+from realtime_worker.paths import ObjectPath
+
+_LIBRARY_ERRORS = (StorageApiError, httpx.HTTPError, OSError, ValueError)
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+NOT_FOUND_CODES = frozenset({"not_found", "NoSuchKey", "NoSuchBucket", "Bucket not found"})
+
+
+class ObjectNotFound(StorageError):
+    """The object (or its bucket) does not exist."""
+
+
+class StorageUnavailable(StorageError):
+    """Storage could not answer now (outage, overload, time-out, connection error)."""
+
+
+class Storage(Protocol):
+    async def download(self, path: ObjectPath) -> bytes: ...
+
+    async def upload(self, path: ObjectPath, data: bytes, content_type: str) -> None: ...
+
+
+class SupabaseStorage:
+    """The port over ``client.storage`` of the official Supabase async client."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def download(self, path: ObjectPath) -> bytes:
+        try:
+            data = await self._client.storage.from_(path.bucket).download(path.name)
+        except _LIBRARY_ERRORS as exc:
+            raise translate(exc, "download", path) from exc
+        return bytes(data)
+
+    async def upload(self, path: ObjectPath, data: bytes, content_type: str) -> None:
+        options = {"content-type": content_type, "upsert": "true"}
+        try:
+            await self._client.storage.from_(path.bucket).upload(path.name, data,
+                                                                 file_options=options)
+        except _LIBRARY_ERRORS as exc:
+            raise translate(exc, "upload", path) from exc
+
+
+def translate(exc: Exception, action: str, path: ObjectPath) -> StorageError:
+    """The StorageError for a storage3, httpx or socket error."""
+    where = f"{action} of {path.qualified}"
+    if isinstance(exc, StorageApiError):
+        return _api_error(exc, where)
+    if isinstance(exc, httpx.TransportError | OSError):
+        return StorageUnavailable(f"{where} failed: {type(exc).__name__}")
+    # storage3 itself refuses dot segments and bad encodings with ValueError.
+    return StorageError(f"{where} failed: {type(exc).__name__}: {exc}")
+
+
+def _api_error(exc: StorageApiError, where: str) -> StorageError:
+    status = _status(exc.status)
+    detail = f"{where} failed: {status} {exc.code}: {exc.message}"
+    if status == 404 or exc.code in NOT_FOUND_CODES:
+        return ObjectNotFound(detail)
+    if status in TRANSIENT_STATUSES:
+        return StorageUnavailable(detail)
+    return StorageError(detail)
+
+
+def _status(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None

@@ -1,0 +1,264 @@
+"""The pipeline end to end over the devstack: fake Gemini, real Storage, PostgREST and Postgres.
+
+Users and jobs are made the way the app makes them (``tests.helpers``); the worker runs as
+``realtime-worker run --once`` drains (production Supabase client, ``SupabaseQueue``, the
+dispatcher) with the default processor, ``open_pipeline``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+from pypdf import PdfReader
+from supabase import AsyncClient
+
+from realtime_worker import config, imaging
+from realtime_worker.config import WorkerSettings
+from realtime_worker.devstack.server import Devstack
+from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
+from realtime_worker.metrics import Metrics
+from realtime_worker.pipeline import open_pipeline
+from realtime_worker.queue import SupabaseQueue
+from realtime_worker.worker import WorkerContext, supabase_client
+from tests.helpers import balance, insert_job, job, make_user, refunds
+
+pytestmark = [
+    pytest.mark.integration,
+    # google-genai subclasses aiohttp.ClientSession for every session it opens.
+    pytest.mark.filterwarnings("ignore:Inheritance class Aiohttp:DeprecationWarning"),
+]
+
+PHOTO = (Path(__file__).resolve().parents[2] / "fixtures" / "photos" / "sample_photo.jpg").read_bytes()
+MODEL = "gemini-3.1-flash-lite-image"
+OUTPUTS = {"edge_map": ("intermediates", "edge.png", "image/png", b"\x89PNG\r\n\x1a\n"),
+           "thumbnail": ("intermediates", "thumbnail.png", "image/png", b"\x89PNG\r\n\x1a\n"),
+           "pdf": ("artifacts", "coloring_page.pdf", "application/pdf", b"%PDF-")}
+START_BALANCE = 10
+
+
+def worker_settings(devstack: Devstack) -> WorkerSettings:
+    env = {**devstack.env(), "PORT": "0", "WORKER_ID": "pipeline-test", "GEMINI_MODEL": MODEL,
+           "GEMINI_TIMEOUT_SECONDS": "10", "LOG_LEVEL": "WARNING", "CLEAN_LINE_ART": "true",
+           "MAX_CONCURRENT_JOBS": "4", "IMAGE_THREADS": "2"}
+    return config.load(WorkerSettings, **env)
+
+
+async def run_worker_once(devstack: Devstack) -> Metrics:
+    """What ``realtime-worker run --once`` does after its health server is up: drain due jobs."""
+    settings, metrics = worker_settings(devstack), Metrics()
+    with anyio.fail_after(60):
+        async with supabase_client(settings) as client, open_pipeline(
+                WorkerContext(settings, client, metrics)) as processor:
+            queue = SupabaseQueue.from_client(client, metrics)
+            dispatcher = Dispatcher(queue, processor, DispatcherSettings(
+                worker_id=settings.worker_id, max_concurrent_jobs=settings.max_concurrent_jobs,
+                lease_seconds=settings.lease_seconds), metrics)
+            await dispatcher.drain()
+    return metrics
+
+
+async def upload_photo(client: AsyncClient, conn: asyncpg.Connection, user: uuid.UUID) -> uuid.UUID:
+    """The app's upload: the object in ``originals/<user>/``, then an ``original`` asset row."""
+    name = f"{user}/photo.jpg"
+    await client.storage.from_("originals").upload(name, PHOTO, {"content-type": "image/jpeg"})
+    asset_id: uuid.UUID = await conn.fetchval(
+        "insert into public.assets (user_id, kind, storage_path, bytes, width, height)"
+        " values ($1, 'original', $2, $3, 800, 600) returning id", user, f"originals/{name}", len(PHOTO))
+    return asset_id
+
+
+async def output_rows(conn: asyncpg.Connection, user: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any]:
+    rows = await conn.fetch("select * from public.assets where user_id = $1 and storage_path like $2",
+                            user, f"%/{job_id}/%")
+    return {str(row["kind"]): row for row in rows}
+
+
+async def check_outputs(client: AsyncClient, conn: asyncpg.Connection, user: uuid.UUID,
+                        job_id: uuid.UUID) -> dict[str, bytes]:
+    """Three objects with the right type and signature, three matching asset rows."""
+    rows, found = await output_rows(conn, user, job_id), {}
+    assert sorted(rows) == sorted(OUTPUTS)
+    for kind, (bucket, file, mime, signature) in OUTPUTS.items():
+        name = f"{user}/{job_id}/{file}"
+        data = await client.storage.from_(bucket).download(name)
+        row = rows[kind]
+        assert row["storage_path"] == f"{bucket}/{name}"
+        assert data.startswith(signature) and row["bytes"] == len(data)
+        assert row["hash"] == hashlib.sha256(data).hexdigest()
+        stored_mime = await conn.fetchval("select metadata->>'mimetype' from storage.objects"
+                                          " where bucket_id = $1 and name = $2", bucket, name)
+        assert stored_mime == mime
+        found[kind] = data
+    return found
+
+
+async def check_succeeded(conn: asyncpg.Connection, user: uuid.UUID, job_id: uuid.UUID) -> None:
+    row = await job(conn, job_id)
+    assert (row["status"], row["model"], row["cost_cents"]) == ("succeeded", MODEL, 4)
+    assert row["ended_at"] is not None and row["error"] is None
+    assert await refunds(conn, job_id) == 0
+
+
+# -- each kind --------------------------------------------------------------------------------
+
+
+async def test_text_job_end_to_end(devstack: Devstack, conn: asyncpg.Connection,
+                                   supabase_service: AsyncClient) -> None:
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user, {"text_prompt": "a tiger eating a burger",
+                                           "paper_size": "Letter", "title": "Tiger"})
+    await run_worker_once(devstack)
+    await check_succeeded(conn, user, job_id)
+    outputs = await check_outputs(supabase_service, conn, user, job_id)
+    page = PdfReader(io.BytesIO(outputs["pdf"])).pages[0]
+    assert (round(float(page.mediabox.width)), round(float(page.mediabox.height))) == (612, 792)
+    rows = await output_rows(conn, user, job_id)
+    assert (rows["pdf"]["width"], rows["pdf"]["height"]) == (612, 792)
+    request = devstack.gemini.requests[-1]
+    assert request.image_count == 0 and request.model == MODEL and request.aspect_ratio == "3:4"
+    assert "a tiger eating a burger" in request.prompt
+    assert await balance(conn, user) == START_BALANCE - 1
+
+
+async def test_image_job_sends_the_uploaded_photo(devstack: Devstack, conn: asyncpg.Connection,
+                                                  supabase_service: AsyncClient) -> None:
+    user = await make_user(conn, START_BALANCE)
+    asset = await upload_photo(supabase_service, conn, user)
+    job_id = await insert_job(conn, user, {"asset_id": str(asset), "complexity": "simple"})
+    await run_worker_once(devstack)
+    await check_succeeded(conn, user, job_id)
+    await check_outputs(supabase_service, conn, user, job_id)
+    sent = devstack.gemini.requests[-1].image_sha256
+    assert sent == (hashlib.sha256(imaging.prepare_input_photo(PHOTO)).hexdigest(),)
+
+
+async def test_edit_job_sends_the_source_page(devstack: Devstack, conn: asyncpg.Connection,
+                                              supabase_service: AsyncClient) -> None:
+    user = await make_user(conn, START_BALANCE)
+    first = await insert_job(conn, user, {"text_prompt": "a castle"})
+    await run_worker_once(devstack)
+    source = (await output_rows(conn, user, first))["edge_map"]
+    page = await supabase_service.storage.from_("intermediates").download(f"{user}/{first}/edge.png")
+    edit = await insert_job(conn, user, {"edit_parent_id": str(first), "edit_prompt": "add a dragon",
+                                         "edit_source_asset_id": str(source["id"])})
+    await run_worker_once(devstack)
+    await check_succeeded(conn, user, edit)
+    await check_outputs(supabase_service, conn, user, edit)
+    request = devstack.gemini.requests[-1]
+    assert request.image_sha256 == (hashlib.sha256(imaging.prepare_input_photo(page)).hexdigest(),)
+    assert "add a dragon" in request.prompt and "a castle" not in request.prompt
+
+
+# -- error classes ----------------------------------------------------------------------------
+
+
+async def seconds_until_retry(conn: asyncpg.Connection, job_id: uuid.UUID) -> float:
+    value: float = await conn.fetchval(
+        "select extract(epoch from run_after - now())::float8 from public.jobs where id = $1", job_id)
+    return value
+
+
+async def check_requeued(conn: asyncpg.Connection, user: uuid.UUID, job_id: uuid.UUID,
+                         code: str) -> None:
+    row = await job(conn, job_id)
+    assert (row["status"], row["attempts"], row["error_code"]) == ("queued", 1, code)
+    assert await refunds(conn, job_id) == 0
+    assert await balance(conn, user) == START_BALANCE - 1
+    assert await output_rows(conn, user, job_id) == {}
+
+
+async def check_failed_once(conn: asyncpg.Connection, user: uuid.UUID, job_id: uuid.UUID,
+                            error: str) -> None:
+    row = await job(conn, job_id)
+    assert (row["status"], row["error"]) == ("failed", error)
+    assert row["ended_at"] is not None
+    assert await refunds(conn, job_id) == 1
+    assert await balance(conn, user) == START_BALANCE
+    assert await output_rows(conn, user, job_id) == {}
+
+
+async def test_rate_limit_requeues_after_the_servers_delay(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
+    devstack.faults.update({"gemini_429_fraction": 1.0, "gemini_retry_delay_seconds": 45})
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user)
+    await run_worker_once(devstack)
+    await check_requeued(conn, user, job_id, "rate_limited")
+    assert 40 < await seconds_until_retry(conn, job_id) <= 45
+
+
+async def test_unavailable_requeues_with_backoff(devstack: Devstack, conn: asyncpg.Connection) -> None:
+    devstack.faults.update({"gemini_503_fraction": 1.0})
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user)
+    await run_worker_once(devstack)
+    await check_requeued(conn, user, job_id, "gemini_unavailable")
+    assert 1 < await seconds_until_retry(conn, job_id) <= 8  # first backoff: 5 s +- 50 %
+
+
+async def test_storage_outage_requeues(devstack: Devstack, conn: asyncpg.Connection) -> None:
+    devstack.faults.update({"storage_error_fraction": 1.0, "storage_error_status": 503})
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user)
+    await run_worker_once(devstack)
+    await check_requeued(conn, user, job_id, "storage_unavailable")
+
+
+async def test_safety_refusal_fails_with_one_refund(devstack: Devstack, conn: asyncpg.Connection) -> None:
+    devstack.faults.update({"gemini_safety_fraction": 1.0})
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user)
+    await run_worker_once(devstack)
+    await check_failed_once(conn, user, job_id, "This request can't be drawn")
+    await run_worker_once(devstack)  # nothing left to do: no second refund
+    await check_failed_once(conn, user, job_id, "This request can't be drawn")
+
+
+async def test_no_image_is_retried_once_then_fails(devstack: Devstack, conn: asyncpg.Connection) -> None:
+    devstack.faults.update({"gemini_no_image_fraction": 1.0})
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user)
+    await run_worker_once(devstack)
+    await check_requeued(conn, user, job_id, "no_image")
+    await conn.execute("update public.jobs set run_after = now() where id = $1", job_id)
+    await run_worker_once(devstack)
+    await check_failed_once(conn, user, job_id, "Gemini returned no image")
+    assert (await job(conn, job_id))["attempts"] == 2
+
+
+async def test_bad_key_fails_with_one_refund(devstack: Devstack, conn: asyncpg.Connection) -> None:
+    devstack.faults.update({"gemini_status": 401})
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user)
+    await run_worker_once(devstack)
+    await check_failed_once(conn, user, job_id, "The image service is not configured correctly")
+
+
+async def test_bad_jobs_fail_readably_and_the_worker_goes_on(
+        devstack: Devstack, conn: asyncpg.Connection, supabase_service: AsyncClient) -> None:
+    user = await make_user(conn, START_BALANCE + 2)
+    malformed = await insert_job(conn, user, {"complexity": "extreme", "text_prompt": "x"})
+    missing = await insert_job(conn, user, {"asset_id": str(uuid.uuid4())})
+    valid = await insert_job(conn, user, {"text_prompt": "a lighthouse"})
+    await run_worker_once(devstack)
+    rows = {r["id"]: r for r in await conn.fetch(
+        "select id, status, error from public.jobs where user_id = $1", user)}
+    assert (rows[malformed]["status"], rows[malformed]["error"]) == (
+        "failed", "The field complexity must be one of simple, standard, detailed.")
+    assert (rows[missing]["status"], rows[missing]["error"]) == (
+        "failed", "The uploaded photo could not be found")
+    assert [await refunds(conn, j) for j in (malformed, missing, valid)] == [1, 1, 0]
+    await check_succeeded(conn, user, valid)
+    await check_outputs(supabase_service, conn, user, valid)
+    assert await balance(conn, user) == START_BALANCE + 2 - 1
+    events = await conn.fetch("select delta, reason from public.credit_events where user_id = $1", user)
+    assert sorted(json.dumps(dict(e)) for e in events) == [
+        json.dumps({"delta": 1, "reason": "generation_failed"})] * 2
