@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 import asyncpg
 import pytest
@@ -129,3 +131,88 @@ async def test_paused_worker_claims_nothing(
                 assert (await resp.json())["paused"] is True
         assert worker.dispatcher is None
     assert await statuses(db.dsn) == {"queued": 1}
+
+
+async def test_subscribed_is_not_ready_until_postgres_subscription(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    await conn.execute("alter publication supabase_realtime drop table public.jobs")
+    async with running_worker(devstack, SWEEP_INTERVAL_SECONDS=NO_SWEEP) as (worker, port):
+        await wait_for(lambda: devstack.realtime.connections >= 1, what="a socket")
+        await wait_for(lambda: _joined_once(devstack), what="a join reply (SUBSCRIBED)")
+        assert not worker.health.realtime_subscribed
+        assert not await ready(port)
+        await conn.execute("alter publication supabase_realtime add table public.jobs")
+        await wait_for(lambda: worker.health.realtime_subscribed, within=15, what="subscription")
+        user = await make_user(conn)
+        await insert_job(conn, user)
+        await wait_for(lambda: done(db, 1), within=5, what="job done")
+        assert claimed(worker, "realtime") == 1
+
+
+async def padded_params(conn: asyncpg.Connection, user: object, record_bytes: int) -> dict[str, str]:
+    """Params whose job row encodes to ``record_bytes`` of JSON (measured in a rolled-back insert)."""
+    params = {"text_prompt": "a big one", "padding": ""}
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        size = await conn.fetchval(
+            "insert into jobs (user_id, params_json) values ($1, $2::jsonb)"
+            " returning octet_length(to_jsonb(jobs)::text)", user, json.dumps(params))
+    finally:
+        await tx.rollback()
+    params["padding"] = "x" * (record_bytes - size)
+    return params
+
+
+def _joined_once(devstack: Devstack) -> bool:
+    return devstack.realtime.joined_channels >= 1 or devstack.realtime.connections >= 2
+
+
+async def test_oversized_frame_closes_the_socket_and_the_job_is_caught_up(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    async with running_worker(devstack, SWEEP_INTERVAL_SECONDS=NO_SWEEP) as (worker, _):
+        await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
+        user = await make_user(conn)
+        # Under the server's 1 MiB record limit, but the frame around it is over the client's
+        # 1 MiB websocket limit: realtime-py's socket closes (1009) and the event is lost.
+        big = await padded_params(conn, user, record_bytes=1024 * 1024 - 400)
+        await insert_job(conn, user, big)
+        await wait_for(lambda: done(db, 1), within=20, what="catch-up of the oversized job")
+        assert claimed(worker, "realtime") == 0
+        assert claimed(worker, "catchup") == 1
+        await wait_for(lambda: worker.health.realtime_subscribed, within=10, what="resubscribed")
+        await insert_job(conn, user)
+        await wait_for(lambda: done(db, 2), within=5, what="next job by realtime")
+        assert claimed(worker, "realtime") == 1
+
+
+async def test_health_endpoints_speak_json_and_leak_nothing(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    async with running_worker(devstack, SWEEP_INTERVAL_SECONDS=NO_SWEEP) as (worker, port):
+        await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
+        user = await make_user(conn)
+        await insert_job(conn, user, {"text_prompt": "a secret prompt", "script": {"fail": "permanent"}})
+        await wait_for(lambda: _failed(db), within=5, what="job failed")
+        bodies = []
+        async with aiohttp.ClientSession() as http:
+            for path in ("/health", "/ready", "/metrics"):
+                async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
+                    assert resp.status == 200, path
+                    bodies.append(await resp.text())
+    health_body, ready_body, metrics_body = bodies
+    assert health_body.startswith("{") and ready_body.startswith("{")
+    for name in ("worker_jobs_claimed_total", "worker_jobs_failed_total", "worker_jobs_in_flight",
+                 "worker_pickup_latency_seconds_bucket", "worker_realtime_connected",
+                 "worker_realtime_events_total", "worker_last_sweep_timestamp_seconds",
+                 "worker_job_duration_seconds_count"):
+        assert name in metrics_body, name
+    assert 'worker_jobs_failed_total{code="scripted_permanent"} 1.0' in metrics_body
+    for body in bodies:
+        assert devstack.service_key not in body
+        assert devstack.gemini_api_key not in body
+        assert "secret prompt" not in body
+        assert "Traceback" not in body
+
+
+async def _failed(db: Database) -> bool:
+    return (await statuses(db.dsn)).get("failed", 0) == 1

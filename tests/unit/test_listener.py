@@ -1,0 +1,65 @@
+"""The Realtime callbacks only signal: they never raise, whatever the payload."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import pytest
+
+from realtime_worker.health import HealthState
+from realtime_worker.listener import Listener, ListenerSettings, backoff_delay, job_id_of
+from realtime_worker.metrics import Metrics
+
+pytestmark = pytest.mark.unit
+
+
+def listener(wakes: list[tuple[uuid.UUID | None, str]]) -> Listener:
+    return Listener(ListenerSettings(url="http://127.0.0.1:1", key="k"),
+                    lambda job_id, source: wakes.append((job_id, source)), Metrics(),
+                    HealthState(mode="realtime"))
+
+
+def insert(record: Any) -> dict[str, Any]:
+    return {"ids": [1], "data": {"type": "INSERT", "record": record}}
+
+
+def test_insert_wakes_with_the_job_id() -> None:
+    wakes: list[tuple[uuid.UUID | None, str]] = []
+    job_id = uuid.uuid4()
+    listener(wakes).on_insert(insert({"id": str(job_id), "status": "queued"}))
+    assert wakes == [(job_id, "realtime")]
+
+
+@pytest.mark.parametrize("payload", [
+    None, 42, "text", {}, {"data": None}, insert(None), insert({"id": "not-a-uuid"}),
+    insert({"status": "queued"}), insert({"id": 7}), {"data": {"record": []}},
+])
+def test_malformed_events_never_raise_and_still_hint(payload: Any) -> None:
+    wakes: list[tuple[uuid.UUID | None, str]] = []
+    listener(wakes).on_insert(payload)
+    assert wakes == [(None, "catchup")]
+
+
+def test_a_failing_wake_does_not_escape_the_callback() -> None:
+    def boom(job_id: uuid.UUID | None, source: str) -> None:
+        raise RuntimeError("dispatcher gone")
+
+    subject = Listener(ListenerSettings(url="http://127.0.0.1:1", key="k"), boom, Metrics(),
+                       HealthState(mode="realtime"))
+    subject.on_insert(insert({"id": str(uuid.uuid4()), "status": "queued"}))
+    subject.on_system(object())
+    subject.on_state(object(), RuntimeError("x"))
+
+
+def test_non_queued_inserts_do_not_name_a_job() -> None:
+    assert job_id_of(insert({"id": str(uuid.uuid4()), "status": "running"})) is None
+
+
+def test_backoff_is_bounded_and_jittered() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 0.5, 30.0, rng) for n in range(40)]
+    assert all(0 <= d <= 30.0 for d in delays)
+    assert len(set(delays)) == len(delays)
+    assert max(backoff_delay(1, 0.5, 30.0, rng) for _ in range(100)) <= 1.0
