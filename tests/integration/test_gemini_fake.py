@@ -11,14 +11,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from google import genai
 from google.genai import errors, types
 from PIL import Image
 
 from realtime_worker.devstack.faults import Faults
 from realtime_worker.devstack.gemini import GeminiFake, draw_line_art
+from tests.gemini_server import serving
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,11 +27,6 @@ pytestmark = [
 
 KEY = "fake-gemini-key-0123456789"
 MODEL = "gemini-3.1-flash-image"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -47,14 +41,8 @@ def fake(faults: Faults) -> GeminiFake:
 
 @pytest.fixture
 async def base_url(fake: GeminiFake) -> AsyncIterator[str]:
-    app = web.Application()
-    fake.add_routes(app)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("/"))
-    finally:
-        await server.close()
+    async with serving(fake) as url:
+        yield url
 
 
 def _client(base_url: str, key: str = KEY, timeout_ms: int = 10_000) -> genai.Client:

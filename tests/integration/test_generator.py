@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from loguru import logger
 from PIL import Image
 
@@ -25,6 +23,7 @@ from realtime_worker.errors import (
     RetryableJobError,
 )
 from realtime_worker.generator import GeminiGenerator, GenerationRequest, Generator
+from tests.gemini_server import serving
 
 if TYPE_CHECKING:
     from loguru import Record
@@ -42,11 +41,6 @@ TEXT_JOB = GenerationRequest(text="a tiger eating a burger", system_instruction=
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def faults() -> Faults:
     return Faults(seed=99)
 
@@ -58,14 +52,8 @@ def fake(faults: Faults) -> GeminiFake:
 
 @pytest.fixture
 async def base_url(fake: GeminiFake) -> AsyncIterator[str]:
-    app = web.Application()
-    fake.add_routes(app)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("/"))
-    finally:
-        await server.close()
+    async with serving(fake) as url:
+        yield url
 
 
 @pytest.fixture
