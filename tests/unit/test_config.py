@@ -262,3 +262,11 @@ def test_env_example_holds_only_placeholder_secrets() -> None:
     for name in ("SUPABASE_SERVICE_ROLE_KEY", "GEMINI_API_KEY"):
         assert re.fullmatch(r"your-[a-z-]+", found[name][1]), f"{name} must be a placeholder"
     assert not found["DATABASE_URL"][0], "DATABASE_URL is commented out (tools only)"
+
+
+def test_readme_settings_table_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    table = {line.split("|")[1].strip().strip("`") for line in readme.splitlines()
+             if line.startswith("| `")}
+    expected = {name for names in env_names(WorkerSettings).values() for name in names[:1]}
+    assert expected <= table, f"README lacks {sorted(expected - table)}"
