@@ -33,6 +33,10 @@ class HealthState:
     database_fresh_seconds: float = 30.0
     started_at: float = field(default_factory=time.monotonic)
 
+    def mark_database_ok(self) -> None:
+        """A database call just succeeded: ``/ready`` need not ask again for a while."""
+        self.database_ok_at = time.monotonic()
+
     def alive(self) -> bool:
         return time.monotonic() - self.tick() < self.stale_after_seconds
 
@@ -45,7 +49,7 @@ class HealthState:
             await self.database_check()
         except Exception:
             return False
-        self.database_ok_at = time.monotonic()
+        self.mark_database_ok()
         return True
 
 

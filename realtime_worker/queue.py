@@ -42,27 +42,33 @@ RpcCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
 class SupabaseQueue:
     """The contract over PostgREST RPC; library errors become :class:`QueueError`."""
 
-    def __init__(self, rpc: RpcCall, metrics: Metrics | None = None) -> None:
+    def __init__(self, rpc: RpcCall, metrics: Metrics | None = None,
+                 on_success: Callable[[], None] | None = None) -> None:
         self._rpc = rpc
         self._metrics = metrics
+        self._on_success = on_success
 
     @classmethod
-    def from_client(cls, client: Any, metrics: Metrics | None = None) -> SupabaseQueue:
+    def from_client(cls, client: Any, metrics: Metrics | None = None,
+                    on_success: Callable[[], None] | None = None) -> SupabaseQueue:
         async def rpc(name: str, params: dict[str, Any]) -> Any:
             response = await client.rpc(name, params).execute()
             return response.data
 
-        return cls(rpc, metrics)
+        return cls(rpc, metrics, on_success)
 
     async def _call(self, name: str, params: dict[str, Any]) -> Any:
         if self._metrics is not None:
             self._metrics.db_requests.labels(name).inc()
         try:
-            return await self._rpc(name, params)
+            result = await self._rpc(name, params)
         except APIError as exc:
             raise QueueError(f"{name} failed: {exc.code} {exc.message}") from exc
         except (httpx.HTTPError, OSError) as exc:
             raise QueueError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+        if self._on_success is not None:
+            self._on_success()
+        return result
 
     async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
         rows = await self._call("worker_claim_job", {

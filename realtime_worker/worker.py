@@ -91,7 +91,7 @@ class Worker:
                           mode=self.health.mode, max_concurrent_jobs=self.settings.max_concurrent_jobs)
         log.info("worker starting")
         async with supabase_client(self.settings) as client:
-            queue = SupabaseQueue.from_client(client, self.metrics)
+            queue = SupabaseQueue.from_client(client, self.metrics, self.health.mark_database_ok)
             self.health.database_check = lambda: _ping(queue)
             if self.settings.pause_worker:
                 await self._paused()
