@@ -13,7 +13,7 @@ from uuid import UUID
 import anyio
 import asyncpg
 
-from realtime_worker import config, logs, migrate, sql, submit
+from realtime_worker import check, config, demo, dev, logs, migrate, sql, submit
 from realtime_worker.devstack import stack as devstack_cli
 from realtime_worker.errors import AdapterError, ConfigError, WorkerError
 from realtime_worker.worker import ProcessorFactory, Worker
@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Sub-commands defined in other modules add themselves here (devstack, run, dev, demo, ...).
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 EXTRA_COMMANDS.append(devstack_cli.register)
+EXTRA_COMMANDS.extend([dev.register, demo.register, check.register])
 
 
 def _cause_chain(exc: BaseException) -> str:

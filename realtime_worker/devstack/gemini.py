@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 from aiohttp import web
 from PIL import Image, ImageDraw
 
@@ -239,9 +240,13 @@ class GeminiFake:
             raise _ApiError(503, MESSAGES[503])
         if faults.chance(faults.gemini_slow_fraction):
             await self._sleep(request, faults.gemini_slow_seconds)
-        return web.json_response(self._body(model, parsed))
+        body = self._refusal(model, parsed)
+        if body is None:  # drawing takes milliseconds of CPU: keep it off the event loop
+            body = await anyio.to_thread.run_sync(_image_answer, model, parsed)
+        return web.json_response(body)
 
-    def _body(self, model: str, parsed: _Parsed) -> dict[str, Any]:
+    def _refusal(self, model: str, parsed: _Parsed) -> dict[str, Any] | None:
+        """A faulty answer drawn from the seeded source, or None for a drawn page."""
         faults = self.faults
         usage = _usage(model, parsed, with_image=False)
         if faults.chance(faults.gemini_prompt_block_fraction):
@@ -253,7 +258,7 @@ class GeminiFake:
         if faults.chance(faults.gemini_no_image_fraction):
             text = "Here is a description of the page instead of an image."
             return _text_only(model, usage, text, faults.gemini_no_image_finish_reason)
-        return _image_answer(model, parsed)
+        return None
 
     async def _sleep(self, request: web.Request, seconds: float) -> None:
         """Sleep, but stop early when the caller hangs up or the server shuts down."""

@@ -380,7 +380,7 @@ class Rest:
             return err.response()
         except asyncpg.PostgresError as exc:
             return from_postgres(exc, str(claims.get("role"))).response()
-        except (OSError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             logger.bind(event="devstack.rest.db_unavailable").warning(type(exc).__name__)
             return RestError(503, "PGRST001", "Database client error. Retrying the connection.").response()
 

@@ -137,7 +137,7 @@ class Devstack:
     """The local stand-in for Supabase and Gemini, bound to 127.0.0.1."""
 
     def __init__(self, *, database_dsn: str, data_dir: Path, host: str = HOST, port: int = 0,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, gemini_history: int = 200) -> None:
         if host != HOST:
             raise ValueError(f"the devstack binds to {HOST} only, not {host!r}")
         self.database_dsn = database_dsn
@@ -149,7 +149,7 @@ class Devstack:
         self.service_key = self.keys.service_role
         self.gemini_api_key = gemini_key_for_folder(data_dir)
         self.db = Database(database_dsn)
-        self.gemini = GeminiFake(self.faults, self.gemini_api_key)
+        self.gemini = GeminiFake(self.faults, self.gemini_api_key, history=gemini_history)
         self.realtime = RealtimeServer(self.db, self.keys, self.faults)
         self.rest = Rest(self.db, self.faults)
         self.storage = Storage(self.db, self.keys.secret, self.faults, data_dir / "storage")
@@ -218,9 +218,10 @@ class Devstack:
 
 @asynccontextmanager
 async def running(*, database_dsn: str, data_dir: Path, port: int = 0,
-                  faults: Faults | None = None) -> AsyncIterator[Devstack]:
+                  faults: Faults | None = None, gemini_history: int = 200) -> AsyncIterator[Devstack]:
     """A started devstack, stopped on the way out."""
-    stack = Devstack(database_dsn=database_dsn, data_dir=data_dir, port=port, faults=faults)
+    stack = Devstack(database_dsn=database_dsn, data_dir=data_dir, port=port, faults=faults,
+                     gemini_history=gemini_history)
     await stack.start()
     try:
         yield stack

@@ -43,6 +43,7 @@ class Options:
     env_file: Path | None = None
     faults: dict[str, Any] = field(default_factory=dict)
     database_url: str | None = None
+    gemini_history: int = 200
 
 
 def local_database(url: str) -> str:
@@ -124,6 +125,20 @@ async def database(options: Options) -> AsyncIterator[str]:
             logger.bind(event="devstack.postgres.stopped").info("embedded Postgres stopped")
 
 
+@asynccontextmanager
+async def started(options: Options) -> AsyncIterator[tuple[Devstack, uuid.UUID]]:
+    """The stack running over its database, with the development user seeded; stopped at exit.
+
+    ``serve`` runs it until a signal; ``realtime-worker dev`` and ``demo`` run a worker beside it.
+    """
+    faults = Faults()
+    faults.update(options.faults)
+    async with database(options) as dsn, running(
+            database_dsn=dsn, data_dir=options.data_dir, port=options.port, faults=faults,
+            gemini_history=options.gemini_history) as stack:
+        yield stack, await seed_user(stack)
+
+
 def announce(stack: Devstack, options: Options, user: uuid.UUID, seconds: float) -> None:
     """Print what to export (and write it to ``--env-file``)."""
     env = stack.env()
@@ -147,16 +162,12 @@ async def _wait_for_signal(stop: anyio.Event) -> None:
 
 async def serve(options: Options, *, stop: anyio.Event | None = None) -> None:
     """Run the stack until SIGINT or SIGTERM (or until ``stop`` is set)."""
-    started = time.perf_counter()
+    begun = time.perf_counter()
     stop = stop or anyio.Event()
-    faults = Faults()
-    faults.update(options.faults)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_wait_for_signal, stop)
-        async with database(options) as dsn, running(
-                database_dsn=dsn, data_dir=options.data_dir, port=options.port, faults=faults) as stack:
-            user = await seed_user(stack)
-            announce(stack, options, user, time.perf_counter() - started)
+        async with started(options) as (stack, user):
+            announce(stack, options, user, time.perf_counter() - begun)
             await stop.wait()
         tg.cancel_scope.cancel()
 
@@ -174,7 +185,8 @@ def cmd_devstack(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"configuration error: --fault: {exc}") from None
     options = Options(data_dir=args.data_dir.resolve(), port=args.port, env_file=args.env_file,
-                      faults=faults, database_url=local_database(secrets[0]) if secrets else None)
+                      faults=faults, database_url=local_database(secrets[0]) if secrets else None,
+                      gemini_history=args.gemini_history)
     anyio.run(serve, options)
     return 0
 
@@ -189,4 +201,6 @@ def register(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--fault", type=parse_fault, action="append", metavar="NAME=VALUE",
                    help="a fault setting (JSON value), repeatable, e.g. --fault rest_error_fraction=0.1")
     p.add_argument("--seed", type=int, help="seed of the fault injection's random source")
+    p.add_argument("--gemini-history", type=int, default=200, metavar="N",
+                   help="Gemini requests kept for GET /admin/gemini/requests (default 200)")
     p.set_defaults(func=cmd_devstack)

@@ -25,6 +25,7 @@ import anyio.to_thread
 import asyncpg
 import jwt
 from aiohttp import web
+from loguru import logger
 
 from realtime_worker.devstack.db import Database
 from realtime_worker.devstack.faults import Faults
@@ -253,6 +254,11 @@ class Storage:
                 return err.response()
             except asyncpg.PostgresError as exc:
                 return from_postgres(exc).response()
+            except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                # The database went away (restart, network): an outage, as the REST side answers it.
+                logger.bind(event="devstack.storage.db_unavailable").warning(type(exc).__name__)
+                return StorageError(503, "DatabaseError", "Database unavailable",
+                                    http_status=503).response()
         return handle
 
     # --- helpers ------------------------------------------------------------------------------
