@@ -1,4 +1,8 @@
-"""The ``realtime-worker`` command: one sub-command per task, each a small function."""
+"""The ``realtime-worker`` command: one sub-command per task, each a small function.
+
+Only the chosen command's module is imported, so ``run`` reaches its health server quickly
+instead of first loading the devstack, the demo and every client library.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,8 @@ from uuid import UUID
 import anyio
 import asyncpg
 
-from realtime_worker import check, config, demo, dev, logs, migrate, sql, submit
-from realtime_worker.devstack import stack as devstack_cli
+from realtime_worker import config, logs, migrate, sql, submit
 from realtime_worker.errors import AdapterError, ConfigError, WorkerError
-from realtime_worker.worker import ProcessorFactory, Worker
 
 DEFAULT_PROCESSOR = "realtime_worker.pipeline:open_pipeline"
 
@@ -49,16 +51,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_factory(path: str) -> ProcessorFactory:
-    """Import ``module:attribute`` (the processor factory the worker runs)."""
-    module_name, _, attribute = path.partition(":")
-    try:
-        factory: ProcessorFactory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--processor {path!r} cannot be imported: {exc}") from exc
-    return factory
-
-
 def worker_settings(args: argparse.Namespace) -> config.WorkerSettings:
     settings = config.load(config.WorkerSettings)
     if getattr(args, "poll_only", False):
@@ -69,8 +61,9 @@ def worker_settings(args: argparse.Namespace) -> config.WorkerSettings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the worker: Realtime wake-ups plus the sweep (or the sweep alone with --poll-only)."""
-    settings = worker_settings(args)
-    worker = Worker(settings, load_factory(args.processor))
+    from realtime_worker.worker import Worker  # after the settings: a bad value fails fast
+
+    worker = Worker(worker_settings(args), args.processor)
     anyio.run(functools.partial(worker.run, once=args.once))
     return 0
 
@@ -149,8 +142,14 @@ def _add_job_tools(subs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=cmd_requeue)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="realtime-worker", description=__doc__)
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line, if it is one of the lazy ones."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    wanted = _chosen(argv)
+    parser = argparse.ArgumentParser(prog="realtime-worker", description=__doc__.splitlines()[0])
     subs = parser.add_subparsers(dest="command", required=True)
     subs.add_parser("sql", help=cmd_sql.__doc__).set_defaults(func=cmd_sql)
     p = subs.add_parser("migrate", help=cmd_migrate.__doc__)
@@ -158,15 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
     _add_run(subs)
     _add_job_tools(subs)
-    for register in EXTRA_COMMANDS:
-        register(subs)
+    for name, (module, summary) in LAZY_COMMANDS.items():
+        if wanted in (None, name):
+            importlib.import_module(module).register(subs)
+        else:
+            subs.add_parser(name, help=summary)
     return parser
 
 
-# Sub-commands defined in other modules add themselves here (devstack, run, dev, demo, ...).
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
-EXTRA_COMMANDS.append(devstack_cli.register)
-EXTRA_COMMANDS.extend([dev.register, demo.register, check.register])
+# Sub-commands whose modules are imported only when chosen: name -> (module with a
+# ``register(subs)`` function, the one-line help shown by ``--help``).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "devstack": ("realtime_worker.devstack.stack",
+                 "Run the local stand-in for Supabase and Gemini (development and tests only)."),
+    "dev": ("realtime_worker.dev", "Run the devstack and the worker together for local work."),
+    "demo": ("realtime_worker.demo",
+             "Start everything locally, run sample jobs of each kind and write the pages to disk."),
+    "check": ("realtime_worker.check",
+              "Check the configuration, Supabase (REST, Storage, Realtime, migration) and Gemini."),
+}
 
 
 def _cause_chain(exc: BaseException) -> str:
@@ -180,7 +189,8 @@ def _cause_chain(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     func: Command = args.func
     try:
         return func(args)

@@ -21,14 +21,11 @@ from uuid import UUID
 
 import anyio
 from loguru import logger
-from realtime.types import RealtimePostgresChangesListenEvent
-from supabase import AsyncClientOptions, acreate_client
 
 from realtime_worker.health import HealthState
 from realtime_worker.metrics import Metrics
 
 Wake = Callable[[UUID | None, str], None]
-INSERT = RealtimePostgresChangesListenEvent.Insert
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +122,9 @@ class Listener:
 
     async def _session(self) -> bool:
         """One client + channel, watched until broken for good; True if it ever subscribed."""
+        from realtime.types import RealtimePostgresChangesListenEvent
+        from supabase import AsyncClientOptions, acreate_client
+
         self._db_subscribed, self._closed = False, False
         options = AsyncClientOptions(realtime={
             "max_retries": self._s.client_max_retries,
@@ -133,8 +133,8 @@ class Listener:
         client = await acreate_client(self._s.url, self._s.key, options=options)
         try:
             channel = client.channel(self._s.channel)
-            channel.on_postgres_changes(INSERT, schema="public", table="jobs",
-                                        callback=self.on_insert)
+            insert = RealtimePostgresChangesListenEvent.Insert
+            channel.on_postgres_changes(insert, schema="public", table="jobs", callback=self.on_insert)
             channel.on_system(self.on_system)
             with anyio.move_on_after(self._s.subscribe_timeout_seconds):
                 await channel.subscribe(self.on_state)

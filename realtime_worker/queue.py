@@ -11,9 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from uuid import UUID
 
-import httpx
-from postgrest.exceptions import APIError
-
 from realtime_worker.errors import QueueError
 from realtime_worker.jobs import Job, JobResult
 from realtime_worker.metrics import Metrics
@@ -39,6 +36,18 @@ class JobQueue(Protocol):
 RpcCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
+def _queue_error(name: str, exc: Exception) -> QueueError | None:
+    """PostgREST and transport errors as QueueError; None for anything else (a bug: re-raised)."""
+    import httpx  # imported here: the client libraries load after the health server is up
+    from postgrest.exceptions import APIError
+
+    if isinstance(exc, APIError):
+        return QueueError(f"{name} failed: {exc.code} {exc.message}")
+    if isinstance(exc, (httpx.HTTPError, OSError)):
+        return QueueError(f"{name} failed: {type(exc).__name__}: {exc}")
+    return None
+
+
 class SupabaseQueue:
     """The contract over PostgREST RPC; library errors become :class:`QueueError`."""
 
@@ -62,10 +71,11 @@ class SupabaseQueue:
             self._metrics.db_requests.labels(name).inc()
         try:
             result = await self._rpc(name, params)
-        except APIError as exc:
-            raise QueueError(f"{name} failed: {exc.code} {exc.message}") from exc
-        except (httpx.HTTPError, OSError) as exc:
-            raise QueueError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            error = _queue_error(name, exc)
+            if error is None:
+                raise
+            raise error from exc
         if self._on_success is not None:
             self._on_success()
         return result

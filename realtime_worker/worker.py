@@ -7,24 +7,32 @@ second signal cancels everything at once.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
-import httpx
+import anyio.to_thread
 from anyio.abc import TaskStatus
 from loguru import logger
-from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from realtime_worker import health, sweeper
 from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings, Processor
+from realtime_worker.errors import ConfigError
 from realtime_worker.listener import Listener, ListenerSettings
 from realtime_worker.metrics import Metrics
 from realtime_worker.queue import SupabaseQueue
+
+if TYPE_CHECKING:
+    from supabase import AsyncClient
+
+# Imported in a thread once the health server is up (they take seconds on a small machine).
+HEAVY_MODULES = ("httpx", "supabase", "realtime", "postgrest")
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,28 @@ class WorkerContext:
 ProcessorFactory = Callable[[WorkerContext], AbstractAsyncContextManager[Processor]]
 
 
+def load_factory(path: str) -> ProcessorFactory:
+    """Import ``module:attribute`` (the processor factory the worker runs)."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        factory: ProcessorFactory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--processor {path!r} cannot be imported: {exc}") from exc
+    return factory
+
+
+def _load(factory: ProcessorFactory | str) -> ProcessorFactory:
+    for module in HEAVY_MODULES:
+        importlib.import_module(module)
+    return load_factory(factory) if isinstance(factory, str) else factory
+
+
 @asynccontextmanager
 async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient]:
     """The one Supabase client for REST and Storage, with an HTTP pool we close ourselves."""
+    import httpx
+    from supabase import AsyncClientOptions, acreate_client
+
     http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0),
                              limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
     try:
@@ -54,7 +81,7 @@ async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, factory: ProcessorFactory, *,
+    def __init__(self, settings: WorkerSettings, factory: ProcessorFactory | str, *,
                  metrics: Metrics | None = None, listener: ListenerSettings | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -90,6 +117,7 @@ class Worker:
         log = logger.bind(event="worker_starting", worker=self.settings.worker_id,
                           mode=self.health.mode, max_concurrent_jobs=self.settings.max_concurrent_jobs)
         log.info("worker starting")
+        factory = await anyio.to_thread.run_sync(_load, self._factory)
         async with supabase_client(self.settings) as client:
             queue = SupabaseQueue.from_client(client, self.metrics, self.health.mark_database_ok)
             self.health.database_check = lambda: _ping(queue)
@@ -97,7 +125,7 @@ class Worker:
                 await self._paused()
                 return
             context = WorkerContext(self.settings, client, self.metrics)
-            async with self._factory(context) as processor:
+            async with factory(context) as processor:
                 self.dispatcher = Dispatcher(queue, processor, self._dispatcher_settings(),
                                              self.metrics)
                 self.health.tick = lambda: self.dispatcher.last_tick if self.dispatcher else 0.0
