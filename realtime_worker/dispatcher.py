@@ -156,10 +156,12 @@ class Dispatcher:
                 return pending
 
     async def _handle(self, wakeups: list[Wakeup]) -> None:
-        hinted = dict.fromkeys(w.job_id for w in wakeups if w.job_id is not None)
-        for job_id in hinted:
-            await self._claim_hinted(job_id)
+        hinted = list(dict.fromkeys(w.job_id for w in wakeups if w.job_id is not None))
         fills = [w.source for w in wakeups if w.job_id is None]
+        if len(hinted) == 1:
+            await self._claim_hinted(hinted[0])
+        elif hinted:  # a burst: one batch claim instead of a request per announced job
+            fills.insert(0, "realtime")
         if fills:
             await self._fill(fills[0])
 

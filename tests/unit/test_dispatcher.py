@@ -127,3 +127,17 @@ async def test_full_hint_buffer_drops_hints_not_jobs() -> None:
         await dispatcher.shutdown()
     assert sorted(gauge.done) == sorted(ids)
     assert gauge.peak <= 2
+
+
+async def test_a_burst_of_hints_is_claimed_in_batches() -> None:
+    queue, gauge = InMemoryQueue(), Gauge(0.01)
+    ids = [queue.add() for _ in range(8)]
+    dispatcher = make(queue, gauge, slots=8)
+    for job_id in ids:
+        dispatcher.wake(job_id, "realtime")  # queued up before the loop runs: one burst
+    async with anyio.create_task_group() as tg:
+        await tg.start(dispatcher.run)
+        await wait_for(lambda: len(gauge.done) == len(ids))
+        await dispatcher.shutdown()
+    assert queue.calls.count("claim_job") == 0
+    assert queue.calls.count("claim_jobs") == 1
