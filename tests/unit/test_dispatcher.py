@@ -140,4 +140,5 @@ async def test_a_burst_of_hints_is_claimed_in_batches() -> None:
         await wait_for(lambda: len(gauge.done) == len(ids))
         await dispatcher.shutdown()
     assert queue.calls.count("claim_job") == 0
-    assert queue.calls.count("claim_jobs") == 1
+    # one batch for the burst, one more once slots free up (the batch was full: there may be more)
+    assert queue.calls.count("claim_jobs") == 2
