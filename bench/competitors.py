@@ -1,0 +1,178 @@
+"""procrastinate and pgqueuer, set up to be measured exactly like our worker.
+
+Both are benchmark-only dependencies (``uv run --group bench``); they are imported by name at
+run time so the type check of ``bench/`` passes without them. Each has three parts:
+
+- ``install``: its schema, in the bench's scratch database (next to ours);
+- ``producer``: an ``enqueue()`` that commits one job of the no-op task through the library's
+  own API and returns the job's key — the bench times it exactly as it times our INSERT;
+- ``worker``: ``python -m bench.competitors NAME`` runs the library's own worker in a separate
+  process (DSN in ``$BENCH_DSN``); the no-op task's first line sends its start time with the
+  same :class:`~bench.processors.StartSignal` our processor uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+
+from bench.processors import StartSignal
+
+DSN_ENV = "BENCH_DSN"
+TASK = "noop"
+Enqueue = Callable[[], Awaitable[str]]
+
+
+def optional(name: str) -> ModuleType:
+    """A benchmark-only package, with the command that installs it when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise RuntimeError(f"{name} is not installed: run `uv sync --group bench` "
+                           "(or `uv run --group bench python -m bench ...`)") from exc
+
+
+def version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as metadata_version
+
+    try:
+        return metadata_version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+# --- procrastinate -------------------------------------------------------------------------------
+
+
+def procrastinate_app(dsn: str) -> Any:
+    procrastinate = optional("procrastinate")
+    return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
+
+
+async def procrastinate_install(dsn: str) -> None:
+    app = procrastinate_app(dsn)
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+
+
+@asynccontextmanager
+async def procrastinate_producer(dsn: str) -> AsyncIterator[Enqueue]:
+    app = procrastinate_app(dsn)
+    async with app.open_async():
+        deferrer = app.configure_task(TASK)
+
+        async def enqueue() -> str:
+            return f"procrastinate:{await deferrer.defer_async()}"
+
+        yield enqueue
+
+
+async def procrastinate_worker(dsn: str) -> None:
+    app = procrastinate_app(dsn)
+    started = StartSignal.from_env()
+
+    @app.task(name=TASK, pass_context=True)  # type: ignore[untyped-decorator]
+    async def noop(context: Any) -> None:
+        at = time.monotonic()
+        started(f"procrastinate:{context.job.id}", at)
+
+    async with app.open_async():
+        await app.run_worker_async(concurrency=1, install_signal_handlers=True,
+                                   shutdown_graceful_timeout=5.0)
+
+
+# --- pgqueuer ------------------------------------------------------------------------------------
+
+
+async def pgqueuer_install(dsn: str) -> None:
+    pgqueuer = optional("pgqueuer")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await pgqueuer.Queries.from_asyncpg_connection(conn).install()
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def pgqueuer_producer(dsn: str) -> AsyncIterator[Enqueue]:
+    pgqueuer = optional("pgqueuer")
+    conn = await asyncpg.connect(dsn)
+    try:
+        queries = pgqueuer.Queries.from_asyncpg_connection(conn)
+
+        async def enqueue() -> str:
+            ids = await queries.enqueue(TASK, None)
+            return f"pgqueuer:{ids[0]}"
+
+        yield enqueue
+    finally:
+        await conn.close()
+
+
+async def pgqueuer_worker(dsn: str) -> None:
+    pgqueuer = optional("pgqueuer")
+    conn = await asyncpg.connect(dsn)
+    started = StartSignal.from_env()
+    try:
+        pgq = pgqueuer.PgQueuer.from_asyncpg_connection(conn)
+
+        @pgq.entrypoint(TASK)  # type: ignore[untyped-decorator]
+        async def noop(job: Any) -> None:
+            at = time.monotonic()
+            started(f"pgqueuer:{job.id}", at)
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, pgq.shutdown.set)
+        await pgq.run()
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Competitor:
+    name: str
+    package: str
+    install: Callable[[str], Awaitable[None]]
+    producer: Callable[[str], AbstractAsyncContextManager[Enqueue]]
+    worker: Callable[[str], Coroutine[Any, Any, None]]
+    wake_up: str
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bench.competitors", self.name]
+
+
+COMPETITORS = {
+    "procrastinate": Competitor("procrastinate", "procrastinate", procrastinate_install,
+                                procrastinate_producer, procrastinate_worker,
+                                "LISTEN/NOTIFY, concurrency 1"),
+    "pgqueuer": Competitor("pgqueuer", "pgqueuer", pgqueuer_install, pgqueuer_producer,
+                           pgqueuer_worker, "LISTEN/NOTIFY, batch size 10"),
+}
+
+
+def main(argv: list[str]) -> None:
+    """``python -m bench.competitors NAME``: that library's worker on ``$BENCH_DSN``."""
+    competitor = COMPETITORS[argv[0]]
+    asyncio.run(competitor.worker(os.environ[DSN_ENV]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,258 @@
+"""Pickup latency: the committing INSERT returned (producer) → the job's first line ran (worker).
+
+Same run, same Postgres, same producer (this process), same clock (``time.monotonic``, system-wide
+on Linux), each worker in its own process:
+
+- our worker in realtime mode (Realtime event → ``worker_claim_job`` over PostgREST), and
+  procrastinate and pgqueuer (LISTEN/NOTIFY) with a no-op task: **sequential** — insert one
+  job, wait until it started, a 25 ms pause so the worker is idle again, next; 20 warm-up jobs;
+- our worker in poll-only mode at 5 s and at 1 s: **open loop** — jobs are inserted at uniformly
+  random times at 10 jobs/s and each one's latency is measured; a sequential loop would insert
+  right after each poll and so measure the whole interval every time, and 500 sequential jobs
+  with a random pause each would take ~40 min at 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from bench import harness
+from bench.competitors import COMPETITORS, DSN_ENV, Competitor, Enqueue, version
+from bench.context import Context
+from bench.harness import Spread, Starts
+from bench.report import Section
+
+NAME = "pickup"
+WARM_UP = 20
+PAUSE = 0.025
+OPEN_LOOP_RATE = 10.0  # jobs per second in the poll-only runs
+ANCHORS = "perf-anchors.md (same kind of machine): pgqueuer 2.00–2.59 ms, procrastinate 1.98–2.42 ms p50"
+
+
+@dataclass(frozen=True)
+class Run:
+    key: str
+    label: str
+    method: str
+    latency: Spread  # milliseconds
+    load: str
+    split: list[tuple[str, Spread]] = field(default_factory=list)  # hops of a traced run
+
+
+async def timed(enqueue: Enqueue) -> tuple[str, float]:
+    key = await enqueue()
+    return key, time.monotonic()
+
+
+Committed = dict[str, float]  # job key → when its enqueue call returned
+
+
+def latencies(starts: Starts, committed: Committed) -> list[float]:
+    return [(starts.seen[key] - at) * 1000 for key, at in committed.items()]
+
+
+async def sequential(enqueue: Enqueue, starts: Starts, count: int) -> Committed:
+    """One job at a time; the measured jobs (after ``WARM_UP`` discarded ones) and their commits."""
+    starts.clear()
+    committed = {}
+    for index in range(WARM_UP + count):
+        key, at = await timed(enqueue)
+        await starts.wait(key, within=60.0 if index == 0 else 30.0)
+        if index >= WARM_UP:
+            committed[key] = at
+        await asyncio.sleep(PAUSE)
+    return committed
+
+
+async def open_loop(enqueue: Enqueue, starts: Starts, count: int, rng: random.Random) -> Committed:
+    """Jobs inserted at uniformly random times at ``OPEN_LOOP_RATE``; each one's commit."""
+    starts.clear()
+    offsets = sorted(rng.uniform(0, count / OPEN_LOOP_RATE) for _ in range(count))
+    origin, committed = time.monotonic(), {}
+    for offset in offsets:
+        await asyncio.sleep(max(0.0, origin + offset - time.monotonic()))
+        key, at = await timed(enqueue)
+        committed[key] = at
+    for key in committed:
+        await starts.wait(key, within=30.0)
+    return committed
+
+
+@asynccontextmanager
+async def our_producer(dsn: str) -> AsyncIterator[Enqueue]:
+    conn = await asyncpg.connect(dsn)
+    params = harness.script(0)
+    try:
+        async def enqueue() -> str:
+            return str(await harness.insert_job(conn, params))
+
+        yield enqueue
+    finally:
+        await conn.close()
+
+
+async def ours(ctx: Context, starts: Starts, key: str, label: str, args: tuple[str, ...], count: int,
+               poll_interval: str = "5", experiment: str | None = None) -> Run:
+    load = harness.load_average()
+    async with harness.worker(ctx.stack, ctx.folder, key, args=args,
+                              starts=starts.address, experiment=experiment,
+                              MAX_CONCURRENT_JOBS="64", POLL_INTERVAL_SECONDS=poll_interval), \
+            our_producer(ctx.stack.dsn) as enqueue:
+        if args:
+            committed = await open_loop(enqueue, starts, count, random.Random(7))
+            method = f"open loop, {count} jobs at {OPEN_LOOP_RATE:.0f}/s"
+        else:
+            committed = await sequential(enqueue, starts, count)
+            method = f"sequential, {count} jobs + {WARM_UP} warm-up"
+    await clear(ctx)
+    split = hops(starts, committed) if experiment == "trace" else []
+    return Run(key, label, method, Spread.of(latencies(starts, committed)), load, split)
+
+
+async def theirs(ctx: Context, starts: Starts, competitor: Competitor, count: int) -> Run:
+    load = harness.load_average()
+    await competitor.install(ctx.stack.dsn)
+    env = {**harness.base_env(), DSN_ENV: ctx.stack.dsn,
+           harness.STARTS_ENV: f"{starts.address[0]}:{starts.address[1]}"}
+    child = harness.Child.spawn(competitor.command(), env, ctx.folder / f"{competitor.name}.log")
+    try:
+        async with competitor.producer(ctx.stack.dsn) as enqueue:
+            samples = latencies(starts, await sequential(enqueue, starts, count))
+    finally:
+        await child.stop()
+    label = f"{competitor.name} {version(competitor.package)}"
+    return Run(competitor.name, label, f"sequential, {count} jobs + {WARM_UP} warm-up ({competitor.wake_up})",
+               Spread.of(samples), load)
+
+
+HOPS = (("INSERT committed → Realtime callback in the worker", "", "trace:event:"),
+        ("callback → claim RPC sent (dispatcher wake-up)", "trace:event:", "trace:claim-sent:"),
+        ("claim RPC round trip (supabase-py → devstack → worker_claim_job)", "trace:claim-sent:",
+         "trace:claimed:"),
+        ("claim returned → processor's first line", "trace:claimed:", ""))
+
+
+def hops(starts: Starts, committed: Committed) -> list[tuple[str, Spread]]:
+    """Where a realtime pickup's time goes, hop by hop (from the traced run), in ms."""
+    def moment(prefix: str, key: str) -> float:
+        return starts.seen[prefix + key] if prefix else committed[key]
+
+    def finish(prefix: str, key: str) -> float:
+        return starts.seen[prefix + key]  # "" + key: the processor's first line
+
+    return [(label, Spread.of([(finish(end, k) - moment(start, k)) * 1000 for k in committed]))
+            for label, start, end in HOPS]
+
+
+async def competitors(ctx: Context, starts: Starts, count: int) -> list[Run]:
+    """The established queues; one that is not installed is reported, not fatal."""
+    runs = []
+    for competitor in COMPETITORS.values():
+        try:
+            runs.append(await theirs(ctx, starts, competitor, count))
+        except RuntimeError as exc:
+            ctx.results.failures.append(f"{NAME}/{competitor.name}: {exc}")
+    return runs
+
+
+async def clear(ctx: Context) -> None:
+    conn = await asyncpg.connect(ctx.stack.dsn)
+    try:
+        await harness.clear_jobs(conn)
+    finally:
+        await conn.close()
+
+
+async def quiet(most: float = 180.0) -> str:
+    """Wait (at most ``most`` seconds) for the 1-minute load average to fall below the core count;
+    latency figures on a machine busy with other work measure the other work."""
+    started, cores = time.monotonic(), os.cpu_count() or 1
+    for _ in range(int(most / 5)):
+        if os.getloadavg()[0] <= cores:
+            break
+        await asyncio.sleep(5.0)
+    waited = time.monotonic() - started
+    return (f"waited {waited:.0f} s for the 1-min load average to fall below {cores}; "
+            f"it was {harness.load_average()} when the scenario began")
+
+
+async def measure(ctx: Context) -> list[Run]:
+    sequential_count = ctx.size(500, 100)
+    open_count = ctx.size(500, 100)
+    runs = []
+    async with harness.start_receiver() as starts:
+        runs.append(await ours(ctx, starts, "realtime", "realtime-worker, realtime mode", (),
+                               sequential_count))
+        runs += await competitors(ctx, starts, sequential_count)
+        runs.append(await ours(ctx, starts, "aiohttp", "what-if: realtime mode, RPC over aiohttp", (),
+                               sequential_count, experiment="aiohttp-rpc"))
+        runs.append(await ours(ctx, starts, "traced", "realtime mode, traced hop by hop", (),
+                               ctx.size(300, 50), experiment="trace"))
+        runs.append(await ours(ctx, starts, "poll1", "realtime-worker, poll-only 1 s", ("--poll-only",),
+                               open_count, poll_interval="1"))
+        runs.append(await ours(ctx, starts, "poll5", "realtime-worker, poll-only 5 s", ("--poll-only",),
+                               open_count, poll_interval="5"))
+    return runs
+
+
+def describe(ctx: Context, runs: list[Run]) -> Section:
+    section = ctx.results.section("Pickup latency: INSERT committed → job's first line")
+    section.table(("worker", "method", "n", "p50 ms", "p95 ms", "p99 ms", "min ms", "max ms",
+                   "load at start"),
+                  [(r.label, r.method, r.latency.count, f"{r.latency.p50:.2f}", f"{r.latency.p95:.2f}",
+                    f"{r.latency.p99:.2f}", f"{r.latency.low:.2f}", f"{r.latency.high:.2f}", r.load)
+                   for r in runs])
+    section.text(
+        "The producer is the bench process; it times the enqueue call of each system (our plain "
+        "`INSERT … returning id` over asyncpg, procrastinate's `defer_async`, pgqueuer's "
+        "`Queries.enqueue`) and takes `time.monotonic()` when the committing call returned. The "
+        "job's first line takes `time.monotonic()` in the worker process and sends it back as a UDP "
+        "datagram (`bench/processors.py`, `bench/competitors.py`). Our worker runs as "
+        "`python -m realtime_worker run --processor bench.processors:timestamped` with "
+        "`MAX_CONCURRENT_JOBS=64`, `LOG_LEVEL=INFO`, `LOG_FORMAT=json`, against the devstack in "
+        "its own process (Realtime over a websocket, RPC over PostgREST-style HTTP).",
+        "The *what-if* row runs the same worker through `bench/experiments.py`, which swaps only the "
+        "transport of the `worker_*` RPCs (supabase-py's PostgREST client on httpx → plain aiohttp POSTs "
+        "with the same headers, body and error mapping); it is not a configuration the worker ships.",
+        f"Reference: {ANCHORS}.")
+    for run in runs:
+        if run.split:
+            section.text(f"Where the time goes ({run.label}; the callback and the claim report their "
+                         "own `time.monotonic()` the same way as the processor):")
+            section.table(("hop", "p50 ms", "p95 ms", "p99 ms"),
+                          [(hop, f"{s.p50:.2f}", f"{s.p95:.2f}", f"{s.p99:.2f}") for hop, s in run.split])
+    return section
+
+
+def check_targets(ctx: Context, runs: list[Run]) -> None:
+    by_key = {r.key: r for r in runs}
+    realtime, poll5 = by_key["realtime"].latency, by_key["poll5"].latency
+    add = ctx.results.target
+    add(4, "pickup p50, realtime mode", "≤ 6 ms", f"{realtime.p50:.2f} ms", realtime.p50 <= 6)
+    add(4, "pickup p99, realtime mode", "≤ 20 ms", f"{realtime.p99:.2f} ms", realtime.p99 <= 20)
+    ratio = poll5.p50 / realtime.p50
+    add(4, "p50 poll-only 5 s ÷ p50 realtime", "≥ 400×", f"{ratio:,.0f}× ({poll5.p50:,.0f} ms vs "
+        f"{realtime.p50:.2f} ms)", ratio >= 400)
+    theirs = [(by_key[name].latency.p50, name) for name in COMPETITORS if name in by_key]
+    if not theirs:
+        add(7, "p50 realtime vs best of procrastinate / pgqueuer", "within 2×", "not run", None)
+        return
+    best, name = min(theirs)
+    add(7, "p50 realtime vs best of procrastinate / pgqueuer", "within 2×",
+        f"{realtime.p50 / best:.2f}× ({realtime.p50:.2f} ms vs {name} {best:.2f} ms)",
+        realtime.p50 <= 2 * best)
+
+
+async def run(ctx: Context) -> None:
+    waited = await quiet()
+    runs = await measure(ctx)
+    describe(ctx, runs).text(f"Before measuring, the scenario {waited}.")
+    check_targets(ctx, runs)
