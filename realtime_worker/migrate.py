@@ -17,17 +17,6 @@ from realtime_worker.errors import AdapterError
 
 _LOCK_KEY = 0x5277_6B72  # "Rwkr"
 
-_HISTORY = """
-create schema if not exists realtime_worker;
-create table if not exists realtime_worker.schema_migrations (
-  version text primary key,
-  name text not null,
-  checksum text not null,
-  applied_at timestamptz not null default now()
-);
-revoke all on schema realtime_worker from public;
-"""
-
 
 @dataclass(frozen=True)
 class Applied:
@@ -44,9 +33,8 @@ async def apply(conn: asyncpg.Connection, *, force: bool = False) -> list[Applie
     """Apply every migration not yet recorded (all of them with ``force``), in one transaction each."""
     await conn.execute("select pg_advisory_lock($1)", _LOCK_KEY)
     try:
-        await conn.execute(_HISTORY)
-        done = {r["version"] for r in await conn.fetch(
-            "select version from realtime_worker.schema_migrations")}
+        await conn.execute(sql.query("migration_history"))
+        done = {r["version"] for r in await conn.fetch(sql.query("applied_versions"))}
         return [await _apply_one(conn, m, skip=m.version in done and not force)
                 for m in sql.migrations()]
     finally:
@@ -57,11 +45,8 @@ async def _apply_one(conn: asyncpg.Connection, migration: sql.Migration, *, skip
     if not skip:
         async with conn.transaction():
             await conn.execute(migration.sql)
-            await conn.execute(
-                """insert into realtime_worker.schema_migrations (version, name, checksum)
-                   values ($1, $2, $3) on conflict (version)
-                   do update set checksum = excluded.checksum, applied_at = now()""",
-                migration.version, migration.name, checksum(migration.sql))
+            await conn.execute(sql.query("record_migration"),
+                               migration.version, migration.name, checksum(migration.sql))
     return Applied(migration.version, migration.name, skipped=skip)
 
 

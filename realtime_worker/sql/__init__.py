@@ -26,6 +26,21 @@ def migrations() -> tuple[Migration, ...]:
     return tuple(sorted(found, key=lambda m: m.version))
 
 
+@cache
+def queries() -> dict[str, str]:
+    """The named queries of ``queries.sql`` (each starts with a ``-- name: NAME`` line)."""
+    text = resources.files(__package__).joinpath("queries.sql").read_text("utf-8")
+    found: dict[str, str] = {}
+    for chunk in text.split("-- name: ")[1:]:
+        name, _, body = chunk.partition("\n")
+        found[name.strip()] = body.strip().rstrip(";")
+    return found
+
+
+def query(name: str) -> str:
+    return queries()[name]
+
+
 def full_script() -> str:
     """Every migration, concatenated, as `realtime-worker sql` prints it."""
     parts = [f"-- realtime-worker migration {m.version}_{m.name}\n{m.sql}" for m in migrations()]
