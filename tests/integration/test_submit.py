@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
+import anyio
 import asyncpg
 import pytest
 
@@ -70,11 +70,11 @@ async def test_requeue_command(db: Database, conn: asyncpg.Connection) -> None:
     job_id = await submit.submit(conn, {"text_prompt": "a fox"}, user_id=user)
     await fail_for_good(conn, job_id)
     env = {**os.environ, "DATABASE_URL": db.dsn}
-    done = subprocess.run([sys.executable, "-m", "realtime_worker", "requeue", str(job_id)],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert f"job {job_id}: requeued" in done.stdout
-    again = subprocess.run([sys.executable, "-m", "realtime_worker", "requeue", str(job_id)],
-                           env=env, capture_output=True, text=True, timeout=60, check=False)
+    command = [sys.executable, "-m", "realtime_worker", "requeue", str(job_id)]
+    with anyio.fail_after(60):
+        done = await anyio.run_process(command, env=env, check=False)
+        again = await anyio.run_process(command, env=env, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert f"job {job_id}: requeued" in done.stdout.decode()
     assert again.returncode == 1
-    assert "only failed jobs can be requeued" in again.stderr
+    assert "only failed jobs can be requeued" in again.stderr.decode()
