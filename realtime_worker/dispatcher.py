@@ -27,6 +27,9 @@ from realtime_worker.queue import JobQueue
 
 Outcome = JobResult | JobError
 
+# Pauses between attempts to record an outcome while the database is unreachable.
+RECORD_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 2.0)
+
 
 class Processor(Protocol):
     """Does one job; raises a JobError subclass to fail or retry it."""
@@ -126,11 +129,11 @@ class Dispatcher:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             while not self._stopping:
-                self._changed = anyio.Event()
-                await self._fill("once")
-                if not self._running:
+                changed = self._changed  # set by any job that ends from now on
+                claimed = await self._fill("once")
+                if not self._running and not claimed:
                     break
-                await self._changed.wait()
+                await changed.wait()
                 self.last_tick = time.monotonic()
 
     async def shutdown(self) -> None:
@@ -144,7 +147,6 @@ class Dispatcher:
 
     async def wait_idle(self) -> None:
         while self._running:
-            self._changed = anyio.Event()
             await self._changed.wait()
 
     def _pending(self) -> list[Wakeup]:
@@ -181,24 +183,28 @@ class Dispatcher:
             return
         self._start(job, "realtime")
 
-    async def _fill(self, source: str) -> None:
+    async def _fill(self, source: str) -> int:
+        """Claim due jobs into every free slot; returns how many were claimed."""
+        claimed = 0
         while not self._stopping:
             wanted = self._slots.take(self._slots.free)
             if wanted == 0:
                 self._maybe_more = True
-                return
+                break
             try:
                 jobs = await self._queue.claim_jobs(self._s.worker_id, wanted, self._s.lease_seconds)
             except QueueError as exc:
                 self._slots.give(wanted)
                 logger.bind(event="claim_failed").warning(str(exc))
-                return
+                break
             self._slots.give(wanted - len(jobs))
             for job in jobs:
                 self._start(job, source)
+            claimed += len(jobs)
             if len(jobs) < wanted:
                 self._maybe_more = False
-                return
+                break
+        return claimed
 
     def _start(self, job: Job, source: str) -> None:
         assert self._tg is not None
@@ -221,7 +227,8 @@ class Dispatcher:
             self._metrics.in_flight.dec()
             self._metrics.duration.observe(time.monotonic() - run.started)
             self._slots.give()
-            self._changed.set()
+            self._changed.set()  # wakes every waiter of this round; the next round gets a new one
+            self._changed = anyio.Event()
             if self._maybe_more and not self._stopping:
                 self.wake(None, "backlog")
 
@@ -281,14 +288,22 @@ class Dispatcher:
                 return
 
     async def _record(self, run: JobRun, outcome: Outcome) -> None:
-        try:
-            if isinstance(outcome, JobResult):
-                await self._complete(run, outcome)
-            else:
-                await self._fail(run, outcome)
-        except QueueError as exc:
-            self._log(run).bind(event="record_failed").error(
-                f"could not record the outcome; the lease will expire and the job retried: {exc}")
+        """Write the outcome, retrying through a short database outage.
+
+        Both calls are safe to repeat; the caller's time limit bounds the retries. If it runs
+        out, the lease expires and the job is retried (its result is lost, never doubled).
+        """
+        for delay in RECORD_RETRY_DELAYS:
+            try:
+                if isinstance(outcome, JobResult):
+                    await self._complete(run, outcome)
+                else:
+                    await self._fail(run, outcome)
+                return
+            except QueueError as exc:
+                self._log(run).bind(event="record_failed").warning(
+                    f"could not record the outcome, trying again in {delay} s: {exc}")
+                await anyio.sleep(delay)
 
     async def _complete(self, run: JobRun, result: JobResult) -> None:
         log = self._log(run)

@@ -105,9 +105,9 @@ class Worker:
                   install_signals: bool = True,
                   task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
-            port = await tg.start(health.serve, self.health, self.metrics, host, self.settings.port)
-            if install_signals:
+            if install_signals:  # first: a SIGTERM during start-up is a graceful stop too
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
+            port = await tg.start(health.serve, self.health, self.metrics, host, self.settings.port)
             task_status.started(port)
             await self._main(once)
             tg.cancel_scope.cancel()
@@ -130,10 +130,20 @@ class Worker:
                                              self.metrics)
                 self.health.tick = lambda: self.dispatcher.last_tick if self.dispatcher else 0.0
                 if once:
-                    await sweeper.sweep_once(queue, lambda *_: None, self.metrics)
-                    await self.dispatcher.drain()
+                    await self._drain(queue, self.dispatcher)
                 else:
                     await self._serve(queue, self.dispatcher)
+
+    async def _drain(self, queue: SupabaseQueue, dispatcher: Dispatcher) -> None:
+        await sweeper.sweep_once(queue, lambda *_: None, self.metrics)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._shutdown_on_stop, dispatcher)
+            await dispatcher.drain()
+            tg.cancel_scope.cancel()
+
+    async def _shutdown_on_stop(self, dispatcher: Dispatcher) -> None:
+        await self._stop.wait()
+        await dispatcher.shutdown()
 
     async def _paused(self) -> None:
         logger.bind(event="worker_paused").warning("PAUSE_WORKER is set: health server only, no claims")

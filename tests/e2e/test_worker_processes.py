@@ -178,3 +178,17 @@ async def _ready(port: str) -> bool:
             return r.status == 200
     except aiohttp.ClientError:
         return False
+
+
+async def test_sigterm_stops_a_once_run_gracefully(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    env = subprocess_env(devstack, SHUTDOWN_GRACE_SECONDS="1", WORKER_ID="once")
+    user = await make_user(conn)
+    slow = await insert_job(conn, user, {"script": {"duration": 60}})
+    worker = await spawn_worker(env, "--once", log=tmp_path / "once.log")
+    await wait_for(lambda: _running_by(conn, [slow], "once"), within=20, what="running")
+    started = time.monotonic()
+    assert await stop(worker) == 0
+    assert time.monotonic() - started < 10
+    released = await job(conn, slow)
+    assert (released["status"], released["attempts"]) == ("queued", 0)

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
+from realtime_worker.errors import QueueError
 from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus
 from realtime_worker.metrics import Metrics
 from realtime_worker.testing import InMemoryQueue, ScriptedProcessor
@@ -142,3 +143,36 @@ async def test_a_burst_of_hints_is_claimed_in_batches() -> None:
     assert queue.calls.count("claim_job") == 0
     # one batch for the burst, one more once slots free up (the batch was full: there may be more)
     assert queue.calls.count("claim_jobs") == 2
+
+
+class FlakyQueue(InMemoryQueue):
+    """The database is unreachable for the first ``outage`` completion attempts."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+
+    async def complete(self, job_id: UUID, worker: str, result: JobResult) -> bool:
+        if self.outage > 0:
+            self.outage -= 1
+            self.calls.append("complete (unreachable)")
+            raise QueueError("worker_complete_job failed: 57P03 the database system is starting up")
+        return await super().complete(job_id, worker, result)
+
+
+async def test_outcome_is_recorded_through_a_short_database_outage() -> None:
+    queue = FlakyQueue(outage=2)
+    job_id = queue.add()
+    with anyio.fail_after(10):
+        await make(queue, ScriptedProcessor()).drain()
+    assert queue.status(job_id) == JobStatus.SUCCEEDED
+    assert queue.calls.count("complete (unreachable)") == 2
+
+
+async def test_a_longer_outage_leaves_the_job_to_its_lease() -> None:
+    queue = FlakyQueue(outage=100)
+    job_id = queue.add()
+    with anyio.fail_after(15):
+        await make(queue, ScriptedProcessor()).drain()
+    assert queue.status(job_id) == JobStatus.RUNNING  # the lease expires; a sweep reaps it
+    assert queue.jobs[job_id].results == []
