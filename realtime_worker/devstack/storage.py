@@ -255,8 +255,9 @@ class Storage:
             except asyncpg.PostgresError as exc:
                 return from_postgres(exc).response()
             except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-                # The database went away (restart, network): an outage, as the REST side answers it.
-                logger.bind(event="devstack.storage.db_unavailable").warning(type(exc).__name__)
+                # The database connection (restart) or the client's (gone mid-upload) was lost:
+                # an outage, as the REST side answers it, instead of an unhandled-exception 500.
+                logger.bind(event="devstack.storage.connection_lost").warning(type(exc).__name__)
                 return StorageError(503, "DatabaseError", "Database unavailable",
                                     http_status=503).response()
         return handle

@@ -1,0 +1,247 @@
+"""The processes of the chaos soak: a restartable embedded Postgres, the devstack, the workers.
+
+Postgres is an embedded ``pgserver`` under the run's folder, so it can be restarted with its own
+``pg_ctl restart -m fast``. The devstack runs as its own process (``realtime-worker devstack``)
+against that server, so it has to survive the restart by itself. Workers are
+``realtime-worker run`` processes with the real pipeline; each restart gets a new WORKER_ID.
+Everything binds to or talks to 127.0.0.1 (or the server's Unix socket) only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+from anyio.abc import Process
+
+from realtime_worker.devstack import postgres
+
+HOST = "127.0.0.1"
+STOP_SECONDS = 10.0
+# Variables of the caller that must not leak into the children (they configure the stack).
+_OWN_PREFIXES = ("SUPABASE", "GEMINI", "DATABASE_URL", "WORKER_", "LEASE_", "SWEEP_", "MAX_CONCURRENT",
+                 "POLL_", "PAUSE_WORKER", "LOG_", "PORT", "SHUTDOWN_", "IMAGE_THREADS", "NEXT_PUBLIC")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def base_env() -> dict[str, str]:
+    """The caller's environment without anything that configures the worker or the stack."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
+
+
+async def spawn(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> Process:
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return await anyio.open_process(command, env=env, stdout=out, stderr=out, cwd=cwd)
+
+
+async def stop_process(process: Process, sig: signal.Signals = signal.SIGTERM) -> int | None:
+    """Signal, wait up to STOP_SECONDS, then SIGKILL; always reaps the child."""
+    if process.returncode is None:
+        process.send_signal(sig)
+        with anyio.move_on_after(STOP_SECONDS):
+            await process.wait()
+    if process.returncode is None:
+        process.kill()
+        with anyio.move_on_after(STOP_SECONDS):
+            await process.wait()
+    await process.aclose()
+    return process.returncode
+
+
+# --- Postgres -----------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A pgserver-managed Postgres whose data lives in ``folder``; restartable in place."""
+
+    folder: Path
+    server: postgres.PostgresServer
+
+    @classmethod
+    def start(cls, folder: Path) -> EmbeddedPostgres:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)  # as root, the server runs as another user and must reach its data
+        return cls(folder, postgres.start_embedded(folder / "data", cleanup="delete"))
+
+    @property
+    def admin_dsn(self) -> str:
+        return self.server.dsn
+
+    def restart(self) -> float:
+        """``pg_ctl restart -m fast`` (every connection is cut); returns the seconds it took."""
+        from pgserver import _commands  # a development dependency
+        from pgserver.utils import PostmasterInfo
+
+        embedded: Any = self.server.embedded
+        pg_ctl: Any = _commands.__dict__["pg_ctl"]  # pgserver defines its commands at import
+        started = time.monotonic()
+        pg_ctl(["-w", "-m", "fast", "-l", str(embedded.log), "restart"],
+                         pgdata=embedded.pgdata, user=embedded.system_user, timeout=60)
+        # pgserver remembers the old postmaster; without this it would not stop the new one.
+        embedded._postmaster_info = PostmasterInfo.read_from_pgdata(embedded.pgdata)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+# --- the devstack -------------------------------------------------------------------------------
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    pairs = (line.partition("=") for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+@dataclass
+class DevstackProcess:
+    """``realtime-worker devstack`` as a child process, with its admin endpoints."""
+
+    process: Process
+    env: dict[str, str]
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.env["SUPABASE_URL"]
+
+    @property
+    def service_key(self) -> str:
+        return self.env["SUPABASE_SERVICE_ROLE_KEY"]
+
+    def http(self) -> httpx.AsyncClient:
+        key = self.service_key
+        return httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(30.0, connect=5.0),
+                                 headers={"apikey": key, "Authorization": f"Bearer {key}"})
+
+
+async def start_devstack(run_dir: Path, dsn: str, seed: int, gemini_history: int) -> DevstackProcess:
+    data_dir, env_file = run_dir / "devstack", run_dir / "devstack.env"
+    command = [sys.executable, "-m", "realtime_worker", "devstack", "--data-dir", str(data_dir),
+               "--port", str(free_port()), "--env-file", str(env_file), "--seed", str(seed),
+               "--gemini-history", str(gemini_history)]
+    env = {**base_env(), "DATABASE_URL": dsn, "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"}
+    process = await spawn(command, env, run_dir / "devstack.log", run_dir)
+    try:
+        await _wait_for_file(process, env_file, within=60)
+    except BaseException:
+        await stop_process(process)
+        raise
+    return DevstackProcess(process, read_env_file(env_file), data_dir)
+
+
+def _has_text(path: Path) -> bool:
+    return path.exists() and bool(path.read_text().strip())
+
+
+async def _wait_for_file(process: Process, path: Path, *, within: float) -> None:
+    for _ in range(int(within / 0.1)):
+        if _has_text(path):
+            return
+        if process.returncode is not None:
+            raise RuntimeError(f"the devstack exited with {process.returncode} before it was ready")
+        await anyio.sleep(0.1)
+    raise TimeoutError(f"the devstack was not ready within {within} s")
+
+
+# --- workers ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kill:
+    """One ``kill -9``: which worker, when (epoch seconds, the clock Postgres uses too)."""
+
+    worker_id: str
+    at: float
+
+
+@dataclass
+class WorkerFleet:
+    """N worker processes in slots; a killed slot is restarted under a new WORKER_ID."""
+
+    env: dict[str, str]
+    run_dir: Path
+    size: int
+    generations: list[int] = field(default_factory=list)
+    processes: list[Process | None] = field(default_factory=list)
+    kills: list[Kill] = field(default_factory=list)
+    _lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    def worker_id(self, slot: int) -> str:
+        return f"w{slot + 1}-gen{self.generations[slot]}"
+
+    async def start(self) -> None:
+        self.generations = [0] * self.size
+        self.processes = [None] * self.size
+        for slot in range(self.size):
+            await self._launch(slot)
+
+    async def _launch(self, slot: int) -> None:
+        self.generations[slot] += 1
+        worker_id = self.worker_id(slot)
+        command = [sys.executable, "-m", "realtime_worker", "run"]
+        env = {**self.env, "WORKER_ID": worker_id}
+        self.processes[slot] = await spawn(command, env, self.run_dir / f"{worker_id}.log", self.run_dir)
+
+    async def kill_and_restart(self, slot: int) -> Kill:
+        async with self._lock:
+            process = self.processes[slot]
+            assert process is not None
+            kill = Kill(self.worker_id(slot), time.time())
+            process.kill()
+            with anyio.move_on_after(STOP_SECONDS):
+                await process.wait()
+            await process.aclose()
+            self.kills.append(kill)
+            await self._launch(slot)
+            return kill
+
+    async def revive_crashed(self) -> list[str]:
+        """Restart workers that died without being killed; returns them (each crash is a finding)."""
+        crashed = []
+        async with self._lock:
+            for slot, process in enumerate(self.processes):
+                if process is not None and process.returncode is not None:
+                    crashed.append(f"{self.worker_id(slot)} exited with {process.returncode}")
+                    await process.aclose()
+                    await self._launch(slot)
+        return crashed
+
+    async def stop(self) -> dict[str, int | None]:
+        """SIGTERM every worker (graceful shutdown), SIGKILL after STOP_SECONDS; exit codes by id."""
+        codes = {}
+        async with self._lock:
+            for slot, process in enumerate(self.processes):
+                if process is not None:
+                    codes[self.worker_id(slot)] = await stop_process(process)
+                    self.processes[slot] = None
+        return codes
+
+
+def worker_env(devstack: DevstackProcess, settings: dict[str, str]) -> dict[str, str]:
+    keys = ("SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "GEMINI_BASE_URL", "GEMINI_API_KEY")
+    return {**base_env(), **{k: devstack.env[k] for k in keys}, "PORT": "0", "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO", **settings}
+
+
+async def restart_postgres(pg: EmbeddedPostgres) -> tuple[float, float]:
+    """Restart the server; returns (epoch seconds at the start, seconds it was away)."""
+    at = time.time()
+    took = await anyio.to_thread.run_sync(pg.restart)
+    return at, took

@@ -1,0 +1,29 @@
+"""The chaos soak, short: ≈ 200 jobs through three worker processes while everything fails.
+
+The same code as ``uv run python -m bench.chaos`` (its own embedded Postgres, restarted once; the
+devstack as a process; ``kill -9`` of a random worker every few seconds; Realtime drops and cuts;
+Gemini 429/503, safety blocks and slow answers), with a fixed seed. Every invariant must hold.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.chaos import ChaosConfig, run_chaos
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    # google-genai subclasses aiohttp.ClientSession for every session it opens.
+    pytest.mark.filterwarnings("ignore:Inheritance class Aiohttp:DeprecationWarning"),
+]
+
+SHORT = ChaosConfig(jobs=200, seed=20261128, insert_seconds=30, budget_seconds=75)
+
+
+async def test_short_chaos_run_loses_nothing_and_charges_once() -> None:
+    result = await run_chaos(SHORT)
+    failed = [f"{c.name}: {c.value} (expected {c.expected})" for c in result.verdict.checks if not c.ok]
+    assert not failed, "\n".join(failed) + "\n" + result.text
+    assert result.seconds < 120, f"the short chaos run took {result.seconds:.0f} s"
