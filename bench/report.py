@@ -138,6 +138,9 @@ def target_rows(results: Results) -> list[tuple[object, ...]]:
     return [(f"#{t.issue}", t.what, t.target, t.measured, t.verdict) for t in results.targets]
 
 
+ANALYSIS = Path(__file__).with_name("analysis.md")
+
+
 def markdown(results: Results) -> str:
     mode = " (quick run: smaller samples)" if results.quick else ""
     out = ["# Benchmarks", "",
@@ -153,6 +156,8 @@ def markdown(results: Results) -> str:
     for section in results.sections:
         out += ["", f"## {section.title}", "", f"Load average (1/5/15 min) when it started: {section.load}."]
         out += section.lines
+    if ANALYSIS.exists():  # hand-written: what the figures mean, and the chaos soak's results
+        out += ["", ANALYSIS.read_text("utf-8").strip()]
     data = json.dumps(asdict(results), default=str).replace("--", "\\u002d\\u002d")
     return "\n".join(out) + f"\n\n<!-- bench-data {data} -->\n"
 
