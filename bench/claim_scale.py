@@ -10,16 +10,12 @@ side. The scratch database is dropped at the end.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
 
@@ -143,18 +139,7 @@ async def run(admin_dsn: str, count: int) -> None:
 
 
 def main(count: int) -> None:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        print("server: DATABASE_URL")
-        asyncio.run(run(url, count))
-        return
-    with tempfile.TemporaryDirectory(prefix="rw-bench-") as folder:
-        server = postgres.start_embedded(Path(folder) / "pgdata", cleanup="delete")
-        try:
-            print("server: embedded (pgserver)")
-            asyncio.run(run(server.dsn, count))
-        finally:
-            server.stop()
+    postgres.run_with_server(lambda dsn: run(dsn, count))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 from aiohttp import web
@@ -212,18 +209,7 @@ def main(argv: list[str]) -> None:
         asyncio.run(child_main(argv[0]))
         return
     count = int(argv[0]) if argv else 300
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        print("server: DATABASE_URL")
-        asyncio.run(run(url, count))
-        return
-    with tempfile.TemporaryDirectory(prefix="rw-bench-") as folder:
-        server = postgres.start_embedded(Path(folder) / "pgdata", cleanup="delete")
-        try:
-            print("server: embedded (pgserver)")
-            asyncio.run(run(server.dsn, count))
-        finally:
-            server.stop()
+    postgres.run_with_server(lambda dsn: run(dsn, count))
 
 
 if __name__ == "__main__":
