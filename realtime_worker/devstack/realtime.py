@@ -53,6 +53,7 @@ from loguru import logger
 from realtime_worker.devstack.db import Database
 from realtime_worker.devstack.faults import Faults
 from realtime_worker.devstack.keys import InvalidKey, Keys
+from realtime_worker.sql import named_queries
 
 PUBLICATION = "supabase_realtime"
 NOTIFY_CHANNEL = "_devstack_realtime"
@@ -68,86 +69,8 @@ FILTER_OPS = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "isdistinct")
 IS_VALUES = ("null", "true", "false", "unknown")
 REFUSED_JOIN = "UnableToConnectToProject: Realtime was unable to connect to the project database"
 SUBSCRIBED = "Subscribed to PostgreSQL"
+QUERIES = named_queries("realtime_worker.devstack.sql", "realtime.sql")
 JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-INSTALL_SQL = """
-select pg_advisory_xact_lock(hashtext('_devstack_realtime'));
-create schema if not exists _devstack;
-revoke all on schema _devstack from public;
-create sequence if not exists _devstack.realtime_seq;
-create unlogged table if not exists _devstack.realtime_overflow (
-  id bigint primary key,
-  payload text not null,
-  created_at timestamptz not null default now()
-);
--- big changes written while no devstack was listening
-delete from _devstack.realtime_overflow where created_at < now() - interval '1 hour';
-create or replace function _devstack.realtime_notify() returns trigger
-language plpgsql security definer
-set search_path = pg_catalog, pg_temp
-set timezone = 'UTC'
-as $$
-declare
-  seq bigint := nextval('_devstack.realtime_seq');
-  body text;
-begin
-  body := json_build_object(
-    'seq', seq,
-    'schema', tg_table_schema,
-    'table', tg_table_name,
-    'type', tg_op,
-    'commit_timestamp', to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-    'record', case when tg_op <> 'DELETE' then to_jsonb(new) end,
-    'old_record', case when tg_op <> 'INSERT' then to_jsonb(old) end)::text;
-  if octet_length(body) >= 8000 then
-    insert into _devstack.realtime_overflow (id, payload) values (seq, body);
-    body := json_build_object('overflow', seq)::text;
-  end if;
-  perform pg_notify('_devstack_realtime', body);
-  return null;
-end
-$$;
-create or replace function _devstack.cast_filter(value text, type_name text) returns jsonb
-language plpgsql stable
-set timezone = 'UTC'
-as $$
-declare
-  result jsonb;
-begin
-  execute format('select to_jsonb(%L::%s)', value, type_name) into result;
-  return result;
-end
-$$;
-"""
-
-PUBLICATION_SQL = """
-select pt.schemaname as schema, pt.tablename as table, c.oid,
-       exists (select 1 from pg_trigger tg where tg.tgrelid = c.oid and tg.tgname = $2) as has_trigger
-from pg_publication_tables pt
-join pg_namespace n on n.nspname = pt.schemaname
-join pg_class c on c.relnamespace = n.oid and c.relname = pt.tablename
-where pt.pubname = $1
-"""
-
-TABLE_SQL = """
-select a.attname as name, t.typname as type,
-       quote_ident(tn.nspname) || '.' || quote_ident(t.typname) as sql_type,
-       coalesce(a.attnum = any(pk.conkey), false) as is_pk,
-       c.relrowsecurity as rls, c.relreplident::text as replident
-from pg_class c
-join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-join pg_type t on t.oid = a.atttypid
-join pg_namespace tn on tn.oid = t.typnamespace
-left join pg_constraint pk on pk.conrelid = c.oid and pk.contype = 'p'
-where c.oid = $1
-order by a.attnum
-"""
-
-HIDDEN_COLUMNS_SQL = """
-select a.attname from pg_attribute a
-where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
-  and not has_column_privilege($2::text, a.attrelid, a.attnum, 'SELECT')
-"""
 
 TableKey = tuple[str, str]
 
@@ -580,7 +503,7 @@ class RealtimeServer:
     async def start(self) -> None:
         """Install the triggers and start listening (the database must be open)."""
         async with self.db.admin() as conn, conn.transaction():
-            await conn.execute(INSTALL_SQL)
+            await conn.execute(QUERIES["install"])
         await self.sync_publication()
         await self._listen()
         self._tasks = [asyncio.create_task(self._consume(), name="realtime-consume"),
@@ -761,7 +684,7 @@ class RealtimeServer:
     async def sync_publication(self) -> dict[TableKey, int]:
         """The published tables (schema, table) → oid; adds the trigger where it is missing."""
         async with self._publication_lock, self.db.admin() as conn:
-            rows = await conn.fetch(PUBLICATION_SQL, PUBLICATION, TRIGGER)
+            rows = await conn.fetch(QUERIES["published_tables"], PUBLICATION, TRIGGER)
             for row in rows:
                 if not row["has_trigger"]:
                     await self._install_trigger(conn, row["schema"], row["table"])
@@ -783,7 +706,7 @@ class RealtimeServer:
 
     async def _load_table(self, key: TableKey, oid: int) -> Table:
         async with self.db.admin() as conn:
-            rows = await conn.fetch(TABLE_SQL, oid)
+            rows = await conn.fetch(QUERIES["table_columns"], oid)
         table = Table(
             schema=key[0], name=key[1], oid=oid,
             columns=tuple({"name": r["name"], "type": r["type"]} for r in rows),
@@ -819,7 +742,8 @@ class RealtimeServer:
     async def _target(self, spec: BindingSpec, table: Table, role: str) -> Target | None:
         """How the binding applies to ``table``; None when the role cannot read its primary key."""
         async with self.db.admin() as conn:
-            hidden = frozenset(r["attname"] for r in await conn.fetch(HIDDEN_COLUMNS_SQL, table.oid, role))
+            rows = await conn.fetch(QUERIES["hidden_columns"], table.oid, role)
+            hidden = frozenset(r["attname"] for r in rows)
             filters = tuple([await _cast_filter(conn, f, spec, table, hidden) for f in spec.filters])
         if not table.pk or hidden.intersection(table.pk):
             return None

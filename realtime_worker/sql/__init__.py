@@ -27,14 +27,19 @@ def migrations() -> tuple[Migration, ...]:
 
 
 @cache
-def queries() -> dict[str, str]:
-    """The named queries of ``queries.sql`` (each starts with a ``-- name: NAME`` line)."""
-    text = resources.files(__package__).joinpath("queries.sql").read_text("utf-8")
+def named_queries(package: str, filename: str) -> dict[str, str]:
+    """The queries of a ``.sql`` file in ``package``, each after a ``-- name: NAME`` line."""
+    text = resources.files(package).joinpath(filename).read_text("utf-8")
     found: dict[str, str] = {}
     for chunk in text.split("-- name: ")[1:]:
         name, _, body = chunk.partition("\n")
         found[name.strip()] = body.strip().rstrip(";")
     return found
+
+
+def queries() -> dict[str, str]:
+    """The named queries of the command-line tools (``queries.sql``)."""
+    return named_queries(__package__, "queries.sql")
 
 
 def query(name: str) -> str:

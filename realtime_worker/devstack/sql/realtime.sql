@@ -1,0 +1,77 @@
+-- The devstack's Realtime: its change trigger (installed by the devstack, never by the worker's
+-- migration) and the catalogue queries it runs once per table or join. Named queries.
+
+-- name: install
+select pg_advisory_xact_lock(hashtext('_devstack_realtime'));
+create schema if not exists _devstack;
+revoke all on schema _devstack from public;
+create sequence if not exists _devstack.realtime_seq;
+create unlogged table if not exists _devstack.realtime_overflow (
+  id bigint primary key,
+  payload text not null,
+  created_at timestamptz not null default now()
+);
+-- big changes written while no devstack was listening
+delete from _devstack.realtime_overflow where created_at < now() - interval '1 hour';
+create or replace function _devstack.realtime_notify() returns trigger
+language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+as $$
+declare
+  seq bigint := nextval('_devstack.realtime_seq');
+  body text;
+begin
+  body := json_build_object(
+    'seq', seq,
+    'schema', tg_table_schema,
+    'table', tg_table_name,
+    'type', tg_op,
+    'commit_timestamp', to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+    'record', case when tg_op <> 'DELETE' then to_jsonb(new) end,
+    'old_record', case when tg_op <> 'INSERT' then to_jsonb(old) end)::text;
+  if octet_length(body) >= 8000 then
+    insert into _devstack.realtime_overflow (id, payload) values (seq, body);
+    body := json_build_object('overflow', seq)::text;
+  end if;
+  perform pg_notify('_devstack_realtime', body);
+  return null;
+end
+$$;
+create or replace function _devstack.cast_filter(value text, type_name text) returns jsonb
+language plpgsql stable
+set timezone = 'UTC'
+as $$
+declare
+  result jsonb;
+begin
+  execute format('select to_jsonb(%L::%s)', value, type_name) into result;
+  return result;
+end
+$$;
+
+-- name: published_tables
+select pt.schemaname as schema, pt.tablename as table, c.oid,
+       exists (select 1 from pg_trigger tg where tg.tgrelid = c.oid and tg.tgname = $2) as has_trigger
+from pg_publication_tables pt
+join pg_namespace n on n.nspname = pt.schemaname
+join pg_class c on c.relnamespace = n.oid and c.relname = pt.tablename
+where pt.pubname = $1
+
+-- name: table_columns
+select a.attname as name, t.typname as type,
+       quote_ident(tn.nspname) || '.' || quote_ident(t.typname) as sql_type,
+       coalesce(a.attnum = any(pk.conkey), false) as is_pk,
+       c.relrowsecurity as rls, c.relreplident::text as replident
+from pg_class c
+join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+join pg_type t on t.oid = a.atttypid
+join pg_namespace tn on tn.oid = t.typnamespace
+left join pg_constraint pk on pk.conrelid = c.oid and pk.contype = 'p'
+where c.oid = $1
+order by a.attnum
+
+-- name: hidden_columns
+select a.attname from pg_attribute a
+where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
+  and not has_column_privilege($2::text, a.attrelid, a.attnum, 'SELECT')
