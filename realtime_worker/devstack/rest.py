@@ -19,8 +19,10 @@ from loguru import logger
 
 from realtime_worker.devstack.db import Database
 from realtime_worker.devstack.faults import Faults
+from realtime_worker.sql import named_queries
 
 SCHEMA = "public"
+QUERIES = named_queries("realtime_worker.devstack.sql", "rest.sql")
 SINGULAR = "application/vnd.pgrst.object+json"
 # The verified claims of the request's key, set by the devstack's auth middleware.
 CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("claims", dict)
@@ -97,24 +99,7 @@ class Table:
         return quote_ident(name)
 
 
-_FUNCTIONS_SQL = """
-select p.proretset as returns_set, p.prorettype = 'pg_catalog.void'::regtype as returns_void,
-       p.pronargdefaults as defaults, coalesce(p.proargnames, '{}') as names,
-       coalesce(p.proargmodes::text[], '{}') as modes,
-       array(select format_type(u.t, null)
-             from unnest(coalesce(p.proallargtypes, p.proargtypes::oid[])) with ordinality u(t, n)
-             order by u.n) as types
-from pg_proc p
-where p.pronamespace = $1::regnamespace and p.proname = $2 and p.prokind = 'f'
-"""
 
-_COLUMNS_SQL = """
-select a.attname as name, format_type(a.atttypid, a.atttypmod) as type
-from pg_attribute a join pg_class c on c.oid = a.attrelid
-where c.relnamespace = $1::regnamespace and c.relname = $2 and c.relkind in ('r', 'v', 'm', 'p', 'f')
-  and a.attnum > 0 and not a.attisdropped
-order by a.attnum
-"""
 
 
 def _function_from_row(name: str, row: asyncpg.Record) -> Function:
@@ -138,7 +123,7 @@ class Catalog:
         found = self._functions.get(name)
         if found is None:
             async with self._db.admin() as conn:
-                rows = await conn.fetch(_FUNCTIONS_SQL, SCHEMA, name)
+                rows = await conn.fetch(QUERIES["function_signature"], SCHEMA, name)
             found = [_function_from_row(name, row) for row in rows]
             if found:
                 self._functions[name] = found
@@ -151,7 +136,7 @@ class Catalog:
         found = self._tables.get(name)
         if found is None:
             async with self._db.admin() as conn:
-                rows = await conn.fetch(_COLUMNS_SQL, SCHEMA, name)
+                rows = await conn.fetch(QUERIES["table_columns"], SCHEMA, name)
             if not rows:
                 raise RestError(404, "PGRST205",
                                 f"Could not find the table '{SCHEMA}.{name}' in the schema cache")
