@@ -486,6 +486,7 @@ class RealtimeServer:
         self.connections = 0
         self._sockets: set[Socket] = set()
         self._tables: dict[TableKey, Table] = {}
+        self._interest: dict[TableKey, set[str]] = {}
         self._queue: asyncio.Queue[tuple[float, int, dict[str, Any]]] = asyncio.Queue()
         self._publication_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -737,7 +738,19 @@ class RealtimeServer:
             target = await self._target(spec, table, channel.role)
             if target is not None:
                 targets[key] = target
+        await self._register_interest(list(targets), spec.event)
         return Binding(bid, spec.event, targets)
+
+    async def _register_interest(self, keys: list[TableKey], event: str) -> None:
+        """Make the trigger notify these tables' ``event`` changes (before "Subscribed")."""
+        new = [key for key in keys if not self._interest.get(key, set()) & {event, "*"}]
+        if not new:
+            return
+        async with self.db.admin() as conn:
+            await conn.executemany(QUERIES["register_interest"],
+                                   [(schema, table, event) for schema, table in new])
+        for key in new:
+            self._interest.setdefault(key, set()).add(event)
 
     async def _target(self, spec: BindingSpec, table: Table, role: str) -> Target | None:
         """How the binding applies to ``table``; None when the role cannot read its primary key."""

@@ -11,6 +11,15 @@ create unlogged table if not exists _devstack.realtime_overflow (
   payload text not null,
   created_at timestamptz not null default now()
 );
+-- (schema, table, event) pairs some channel subscribed to; the trigger notifies only those, so
+-- writes nobody listens to cost nothing extra (real Supabase reads the WAL instead). Rows are
+-- only ever added: a stale one costs a notification, never a missed event.
+create table if not exists _devstack.realtime_interest (
+  schema_name text not null,
+  table_name text not null,
+  event text not null,
+  primary key (schema_name, table_name, event)
+);
 -- big changes written while no devstack was listening
 delete from _devstack.realtime_overflow where created_at < now() - interval '1 hour';
 create or replace function _devstack.realtime_notify() returns trigger
@@ -19,9 +28,16 @@ set search_path = pg_catalog, pg_temp
 set timezone = 'UTC'
 as $$
 declare
-  seq bigint := nextval('_devstack.realtime_seq');
+  seq bigint;
   body text;
 begin
+  if not exists (
+    select 1 from _devstack.realtime_interest
+    where schema_name = tg_table_schema and table_name = tg_table_name and event in (tg_op, '*')
+  ) then
+    return null;
+  end if;
+  seq := nextval('_devstack.realtime_seq');
   body := json_build_object(
     'seq', seq,
     'schema', tg_table_schema,
@@ -75,3 +91,8 @@ order by a.attnum
 select a.attname from pg_attribute a
 where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
   and not has_column_privilege($2::text, a.attrelid, a.attnum, 'SELECT')
+
+-- name: register_interest
+insert into _devstack.realtime_interest (schema_name, table_name, event)
+values ($1, $2, $3)
+on conflict do nothing
