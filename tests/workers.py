@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from realtime_worker.devstack.server import Devstack
 from realtime_worker.listener import ListenerSettings
 from realtime_worker.testing import scripted
 from realtime_worker.worker import Worker
+from tests.ports import free_port
 
 FAST = {"LEASE_SECONDS": "6", "SHUTDOWN_GRACE_SECONDS": "2", "LOG_LEVEL": "WARNING"}
 
@@ -54,13 +54,6 @@ async def running_worker(devstack: Devstack, *, listener: ListenerSettings | Non
 def claimed(worker: Worker, source: str) -> float:
     value = worker.metrics.registry.get_sample_value("worker_jobs_claimed_total", {"source": source})
     return value or 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def subprocess_env(devstack: Devstack, **env: str) -> dict[str, str]:

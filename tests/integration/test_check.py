@@ -7,7 +7,6 @@ Cases run the check's entry point in-process (``check.run_checks``) or the CLI a
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from realtime_worker.devstack.db import Database as StackDatabase
 from realtime_worker.devstack.keys import Keys
 from realtime_worker.devstack.server import Devstack, running
 from tests.conftest import Database
+from tests.ports import free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,13 +33,6 @@ pytestmark = [
 
 ITEMS = ["configuration", "Supabase REST", "Storage buckets", "Realtime", "Gemini"]
 WITHIN = 10.0
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # nothing listens once the socket is closed
 
 
 def settings_for(devstack: Devstack, **env: str) -> WorkerSettings:
@@ -121,7 +114,7 @@ async def test_anon_key_instead_of_the_service_key(devstack: Devstack) -> None:
 
 
 async def test_unreachable_url(devstack: Devstack) -> None:
-    found = await outcomes(devstack, SUPABASE_URL=f"http://127.0.0.1:{closed_port()}")
+    found = await outcomes(devstack, SUPABASE_URL=f"http://127.0.0.1:{free_port()}")
     for item in ("Supabase REST", "Storage buckets", "Realtime"):
         assert not found[item].ok, found[item]
         assert found[item].detail.startswith("SUPABASE_URL unreachable"), found[item]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from realtime_worker.errors import (
 )
 from realtime_worker.generator import GeminiGenerator, GenerationRequest, Generator
 from tests.gemini_server import serving
+from tests.ports import free_port
 
 if TYPE_CHECKING:
     from loguru import Record
@@ -238,16 +238,9 @@ async def test_timeout_is_retryable_and_quick(base_url: str, faults: Faults) -> 
     assert time.monotonic() - started < 2
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.mark.anyio
 async def test_connection_refused_is_retryable_without_a_hidden_retry() -> None:
-    gen = GeminiGenerator(KEY, MODEL, f"http://127.0.0.1:{_closed_port()}")
+    gen = GeminiGenerator(KEY, MODEL, f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
     try:
         error = await _fails(gen)
