@@ -1,9 +1,10 @@
 """PostgREST conventions on ``/rest/v1``: RPC calls and the table reads and writes the worker needs.
 
-Every call runs under the request's key (``Database.as_role``), so grants and RLS decide as on
-Supabase. The SQL is built from identifiers found in ``pg_catalog`` (quoted) and values that only
-ever travel as parameters; Postgres itself renders the JSON, as PostgREST does. Errors keep
-PostgREST's body ``{code, message, details, hint}`` and its SQLSTATE → HTTP status mapping.
+Every call runs under the request's key (``Database.fetchrow_as`` for one statement,
+``Database.as_role`` for a transaction), so grants and RLS decide as on Supabase. The SQL is built
+from identifiers found in ``pg_catalog`` (quoted) and values that only ever travel as parameters;
+Postgres itself renders the JSON, as PostgREST does. Errors keep PostgREST's body ``{code, message,
+details, hint}`` and its SQLSTATE → HTTP status mapping.
 """
 
 from __future__ import annotations
@@ -293,6 +294,11 @@ class Result:
     first: str | None
 
 
+def _result(row: asyncpg.Record | None) -> Result:
+    assert row is not None  # every statement built here returns exactly one row
+    return Result(int(row[0]), row[1], row[2])
+
+
 def _wants_object(request: web.Request) -> bool:
     return SINGULAR in request.headers.get("Accept", "")
 
@@ -371,11 +377,11 @@ class Rest:
 
     async def _fetch(self, claims: dict[str, Any], sql: str, *args: Any,
                      singular: bool = False) -> Result:
+        if not singular:
+            return _result(await self._db.fetchrow_as(claims, sql, *args))
         async with self._db.as_role(claims) as conn:
-            row = await conn.fetchrow(sql, *args)
-            assert row is not None
-            result = Result(int(row[0]), row[1], row[2])
-            if singular and result.count != 1:
+            result = _result(await conn.fetchrow(sql, *args))
+            if result.count != 1:
                 raise _singular_error(result.count)  # rolls the transaction back, as PostgREST does
         return result
 
