@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from supabase import AsyncClient
 
 # Imported in a thread once the health server is up (they take seconds on a small machine).
-HEAVY_MODULES = ("httpx", "supabase", "realtime", "postgrest")
+HEAVY_MODULES = ("httpx", "aiohttp", "supabase", "realtime", "postgrest", "realtime_worker.transport")
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,11 @@ def _load(factory: ProcessorFactory | str) -> ProcessorFactory:
 @asynccontextmanager
 async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient]:
     """The one Supabase client for REST and Storage, with an HTTP pool we close ourselves."""
-    import httpx
     from supabase import AsyncClientOptions, acreate_client
 
-    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0),
-                             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+    from realtime_worker import transport
+
+    http = transport.client(timeout=30.0, connect_timeout=5.0, max_connections=64)
     try:
         options = AsyncClientOptions(httpx_client=http, postgrest_client_timeout=30)
         yield await acreate_client(settings.supabase_url,
