@@ -1,7 +1,9 @@
 """RPC round trips through the devstack: the official supabase async client over loopback.
 
 Run: ``uv run python -m bench.devstack_rpc [N]`` (DATABASE_URL names a server to use; without it
-an embedded Postgres is started in a temporary folder). Prints p50/p95/p99; asserts nothing.
+an embedded Postgres is started in a temporary folder). Prints p50/p95/p99 for the client as
+anyone would create it (httpx's default transport) and then for the client the worker creates
+(the same httpx API on ``realtime_worker.transport``, aiohttp underneath); asserts nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import anyio.to_thread
 import httpx
 from supabase import AsyncClientOptions, acreate_client
 
+from realtime_worker import transport
 from realtime_worker.devstack import postgres
 from realtime_worker.devstack.server import running
 
@@ -50,8 +53,7 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def measure(url: str, key: str, count: int) -> list[float]:
-    http = httpx.AsyncClient()
+async def measure(url: str, key: str, count: int, http: httpx.AsyncClient) -> list[float]:
     try:
         client = await acreate_client(url, key, AsyncClientOptions(httpx_client=http))
         args = {"p_job_id": str(uuid.uuid4()), "p_worker": "bench", "p_lease_seconds": 60}
@@ -70,10 +72,12 @@ async def main(count: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         async with database(Path(folder)) as dsn, running(
                 database_dsn=dsn, data_dir=Path(folder) / "ds") as stack:
-            samples = await measure(stack.url, stack.service_key, count)
-    print(f"worker_heartbeat via supabase-py over loopback, N={count} (after {WARM_UP} warm-up calls)")
-    print(f"  p50 {percentile(samples, 0.50):6.2f} ms   p95 {percentile(samples, 0.95):6.2f} ms"
-          f"   p99 {percentile(samples, 0.99):6.2f} ms   mean {statistics.fmean(samples):6.2f} ms")
+            plain = await measure(stack.url, stack.service_key, count, httpx.AsyncClient())
+            worker = await measure(stack.url, stack.service_key, count, transport.client())
+    for label, samples in (("supabase-py", plain), ("supabase-py on the worker's aiohttp transport", worker)):
+        print(f"worker_heartbeat via {label} over loopback, N={count} (after {WARM_UP} warm-up calls)")
+        print(f"  p50 {percentile(samples, 0.50):6.2f} ms   p95 {percentile(samples, 0.95):6.2f} ms"
+              f"   p99 {percentile(samples, 0.99):6.2f} ms   mean {statistics.fmean(samples):6.2f} ms")
 
 
 if __name__ == "__main__":

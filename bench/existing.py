@@ -34,9 +34,15 @@ def check_imaging(out: str, results: Results) -> None:
 
 
 def check_rpc(out: str, results: Results) -> None:
-    rpc = figures(r"p50\s+([\d.]+) ms\s+p95\s+([\d.]+) ms\s+p99\s+([\d.]+) ms", out)
-    results.target(3, "RPC round trip through the devstack, p50", "≤ 2 ms",
-                   f"{rpc[0]:.2f} ms" if rpc else "unreadable", rpc[0] <= 2 if rpc else None)
+    """Judged on the client as anyone creates it; the worker's own transport is shown beside."""
+    p50s = [float(v) for v in re.findall(r"p50\s+([\d.]+) ms", out)]
+    measured = "unreadable"
+    if p50s:
+        measured = f"{p50s[0]:.2f} ms (httpx's default transport)"
+        if len(p50s) > 1:
+            measured += f"; {p50s[1]:.2f} ms on the worker's aiohttp transport"
+    results.target(3, "RPC round trip through the devstack, p50", "≤ 2 ms", measured,
+                   p50s[0] <= 2 if p50s else None)
 
 
 def check_realtime(out: str, results: Results) -> None:

@@ -3,9 +3,11 @@ changes the worker; each patches one class of the unmodified worker before ``rea
 
 - ``python -m bench.experiments aiohttp-rpc <run args>``: :class:`~realtime_worker.queue.SupabaseQueue`
   sends the ``worker_*`` RPCs as plain aiohttp POSTs to ``/rest/v1/rpc/<name>`` (same headers, same
-  JSON, same error mapping) instead of through supabase-py's PostgREST client on httpx. On
-  loopback an httpx request costs about 1 ms more than the same aiohttp request, and the claim is
-  on the pickup path: this shows what that is worth end to end.
+  JSON, same error mapping) instead of through supabase-py's PostgREST client (which the worker
+  runs on ``realtime_worker.transport``, aiohttp underneath, so both end in the same kind of
+  socket). What is left between the two is supabase-py's request builders and httpx's request
+  and response models, about 0.25 ms of CPU per call warm and several times that after the
+  processes sat idle; the claim is on the pickup path, and this shows what that is worth.
 - ``python -m bench.experiments trace <run args>``: the worker as it is, but the Realtime callback
   and the hinted claim report when they ran (``trace:event:<id>``, ``trace:claim-sent:<id>``,
   ``trace:claimed:<id>`` datagrams to ``$BENCH_STARTS_ADDR``), so the pickup splits into hops.

@@ -220,8 +220,9 @@ def describe(ctx: Context, runs: list[Run]) -> Section:
         "`MAX_CONCURRENT_JOBS=64`, `LOG_LEVEL=INFO`, `LOG_FORMAT=json`, against the devstack in "
         "its own process (Realtime over a websocket, RPC over PostgREST-style HTTP).",
         "The *what-if* row runs the same worker through `bench/experiments.py`, which swaps only the "
-        "transport of the `worker_*` RPCs (supabase-py's PostgREST client on httpx → plain aiohttp POSTs "
-        "with the same headers, body and error mapping); it is not a configuration the worker ships.",
+        "path of the `worker_*` RPCs (supabase-py's PostgREST client, on the worker's aiohttp transport → "
+        "plain aiohttp POSTs with the same headers, body and error mapping); it is not a configuration "
+        "the worker ships, because the design sends the queue through the Supabase client.",
         f"Reference: {ANCHORS}.")
     for run in runs:
         if run.split:
