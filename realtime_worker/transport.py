@@ -16,9 +16,11 @@ images of a few MB at most, never streams.
 from __future__ import annotations
 
 import io
+import ssl
 from typing import Any
 
 import aiohttp
+import certifi
 import httpx
 
 LARGE_BODY = 2**20
@@ -60,9 +62,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            # Certificates are checked against certifi's bundle, as httpx's own transport does.
+            tls = ssl.create_default_context(cafile=certifi.where())
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=tls)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                  cookie_jar=aiohttp.DummyCookieJar())
+                                                  cookie_jar=aiohttp.DummyCookieJar(), trust_env=True)
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

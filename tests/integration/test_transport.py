@@ -11,8 +11,11 @@ import gzip
 import json
 import os
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import httpx
@@ -101,6 +104,33 @@ async def test_silent_server_is_httpx_read_timeout() -> None:
     async with server() as url, transport.client(timeout=0.3) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.get(f"{url}/slow")
+
+
+@pytest.fixture
+def untrusted_tls(tmp_path: Path) -> ssl.SSLContext:
+    """A server-side TLS context with a self-signed certificate for 127.0.0.1."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_certificates_are_verified(untrusted_tls: ssl.SSLContext) -> None:
+    app = web.Application()
+    app.add_routes([web.get("/", _two_cookies)])
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=untrusted_tls).start()
+    try:
+        async with transport.client(timeout=5) as http:
+            with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
+                await http.get(f"https://127.0.0.1:{port}/")
+    finally:
+        await runner.cleanup()
 
 
 async def test_connection_closed_without_answer_is_httpx_protocol_error() -> None:
