@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the worker: Realtime wake-ups plus the sweep (or the sweep alone with --poll-only)."""
     from realtime_worker.worker import Worker  # after the settings: a bad value fails fast
 
-    worker = Worker(worker_settings(args), args.processor)
+    worker = Worker(worker_settings(args), args.processor, owns_process=True)
     anyio.run(functools.partial(worker.run, once=args.once))
     return 0
 

@@ -140,7 +140,7 @@ async def test_once_drains_due_jobs_and_exits(
     for _ in range(5):
         await insert_job(conn, user)
     await insert_job(conn, user, run_after=datetime.now(UTC) + timedelta(hours=1))
-    env = subprocess_env(devstack)
+    env = subprocess_env(devstack, LOG_LEVEL="INFO")
     with anyio.fail_after(60):
         worker = await spawn_worker(env, "--once", log=tmp_path / "once.log")
         assert await worker.wait() == 0
@@ -148,6 +148,14 @@ async def test_once_drains_due_jobs_and_exits(
     with anyio.fail_after(30):
         again = await spawn_worker(env, "--once", log=tmp_path / "again.log")
         assert await again.wait() == 0
+    # `run` owns its process: the start-up heap is frozen before the first claim.
+    events = [json.loads(line) for line in (tmp_path / "once.log").read_text().splitlines()
+              if line.startswith("{")]
+    settled = [e for e in events if e["event"] == "heap_settled"]
+    assert len(settled) == 1 and settled[0]["frozen_objects"] > 10_000
+    assert settled[0]["gc_threshold"][0] == 50_000
+    first_claim = next(i for i, e in enumerate(events) if e["event"] == "job_started")
+    assert events.index(settled[0]) < first_claim
 
 
 async def test_burst_of_2000_with_bounded_memory(
