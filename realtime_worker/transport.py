@@ -2,8 +2,8 @@
 
 supabase-py talks to PostgREST and Storage through an ``httpx.AsyncClient`` that the worker
 passes in (``AsyncClientOptions(httpx_client=…)``). Its default transport (httpcore + h11) is
-pure Python; on the claim path that costs about a millisecond per request more than aiohttp's
-C-accelerated HTTP/1.1 (``bench/`` pickup, ``docs/operations.md``). :class:`AiohttpTransport`
+pure Python; on the claim path it cost up to a millisecond per request more than aiohttp's
+C-accelerated HTTP/1.1 (``bench/analysis.md``). :class:`AiohttpTransport`
 sends each request httpx built through one ``aiohttp.ClientSession`` and hands httpx back a
 response, so everything above the socket — the Supabase client, its request builders and its
 error types — is unchanged. aiohttp's errors become the httpx errors the adapters already
