@@ -37,7 +37,9 @@ SUBJECTS = ("a fox in a canoe", "a robot watering flowers", "a dragon reading a 
 EDITS = ("add a party hat", "add a rainbow in the sky", "give it a scarf", "add falling leaves")
 STYLES = ("playful", "calm", "bold shapes", "lots of stars")
 # Losing the connection (the Postgres restart) or the server refusing while it starts up.
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError: a connection the restart cut in the middle of an operation can be left
+# in a state where asyncpg refuses the next one ("cannot switch to state …").
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 RETRY_STEP_SECONDS = 0.25
 
 # A harness-only record of every job state change (not part of the product's schema): one row per
@@ -225,13 +227,18 @@ class Submitter:
         return None if found is None else uuid.UUID(str(found))
 
     async def _attempt(self, spec: JobSpec, first: bool) -> uuid.UUID:
-        if not first:
-            self.retried += 1
-            known = await self._existing(spec.token)
-            if known is not None:
-                return known
         conn = await self._connection()
-        return await submit.submit(conn, spec.params, user_id=spec.user)
+        try:
+            if not first:
+                self.retried += 1
+                known = await self._existing(spec.token)
+                if known is not None:
+                    return known
+            return await submit.submit(conn, spec.params, user_id=spec.user)
+        except DB_ERRORS:
+            conn.terminate()  # the next attempt starts on a new connection, never a half-broken one
+            self._conn = None
+            raise
 
     async def submit(self, spec: JobSpec) -> None:
         tries = iter(range(1_000_000))
