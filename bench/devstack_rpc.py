@@ -8,44 +8,22 @@ anyone would create it (httpx's default transport) and then for the client the w
 
 from __future__ import annotations
 
-import os
-import secrets
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
 import httpx
 from supabase import AsyncClientOptions, acreate_client
 
+from bench import harness
 from realtime_worker import transport
-from realtime_worker.devstack import postgres
 from realtime_worker.devstack.server import running
 
 WARM_UP = 50
-
-
-@asynccontextmanager
-async def database(folder: Path) -> AsyncIterator[str]:
-    """A fresh database on DATABASE_URL's server or on an embedded one, dropped afterwards."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        server = postgres.PostgresServer(dsn=url)
-    else:
-        server = await anyio.to_thread.run_sync(
-            lambda: postgres.start_embedded(folder / "pg", cleanup="delete"))
-    name = f"rw_bench_{secrets.token_hex(3)}"
-    try:
-        yield await postgres.create_database(server.dsn, name)
-    finally:
-        await postgres.drop_database(server.dsn, name)
-        await anyio.to_thread.run_sync(server.stop)
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -70,8 +48,9 @@ async def measure(url: str, key: str, count: int, http: httpx.AsyncClient) -> li
 
 async def main(count: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        async with database(Path(folder)) as dsn, running(
-                database_dsn=dsn, data_dir=Path(folder) / "ds") as stack:
+        async with harness.postgres_server(Path(folder)) as admin, \
+                harness.scratch_database(admin) as dsn, \
+                running(database_dsn=dsn, data_dir=Path(folder) / "ds") as stack:
             plain = await measure(stack.url, stack.service_key, count, httpx.AsyncClient())
             worker = await measure(stack.url, stack.service_key, count, transport.client())
     for label, samples in (("supabase-py", plain), ("supabase-py on the worker's aiohttp transport", worker)):

@@ -10,26 +10,21 @@ whole job for context, and clean + thumbnail + PDF of a 1024x1024 page. Asserts 
 
 from __future__ import annotations
 
-import os
-import secrets
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
 import asyncpg
 
+from bench import harness
 from realtime_worker import config
 from realtime_worker.assets import SupabaseAssets
 from realtime_worker.config import WorkerSettings
-from realtime_worker.devstack import postgres
 from realtime_worker.devstack.server import Devstack, running
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.generator import GeneratedImage, GenerationRequest, Generator
@@ -118,20 +113,6 @@ class TimedGenerator:
         await self._inner.aclose()
 
 
-@asynccontextmanager
-async def scratch_database(folder: Path) -> AsyncIterator[str]:
-    """A fresh database on DATABASE_URL's server or on an embedded one, dropped afterwards."""
-    url = os.environ.get("DATABASE_URL")
-    server = postgres.PostgresServer(dsn=url) if url else await anyio.to_thread.run_sync(
-        lambda: postgres.start_embedded(folder / "pg", cleanup="delete"))
-    name = f"rw_bench_pipeline_{secrets.token_hex(3)}"
-    try:
-        yield await postgres.create_database(server.dsn, name)
-    finally:
-        await postgres.drop_database(server.dsn, name)
-        await anyio.to_thread.run_sync(server.stop)
-
-
 async def queue_jobs(dsn: str, count: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -204,8 +185,9 @@ def render_timings(iterations: int = 30) -> list[float]:
 async def main(jobs: int) -> None:
     samples: Samples = defaultdict(dict)
     with tempfile.TemporaryDirectory(prefix="rw-bench-pipeline-") as folder:
-        async with scratch_database(Path(folder)) as dsn, running(
-                database_dsn=dsn, data_dir=Path(folder) / "devstack") as stack:
+        async with harness.postgres_server(Path(folder)) as admin, \
+                harness.scratch_database(admin, "rw_bench_pipeline") as dsn, \
+                running(database_dsn=dsn, data_dir=Path(folder) / "devstack") as stack:
             await queue_jobs(dsn, jobs + WARM_UP)
             generation = await drain(stack, samples)
     report(samples, generation)
