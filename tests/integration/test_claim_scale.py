@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from bench.claim_scale import add_finished_jobs
 from realtime_worker.devstack import postgres
 from tests.conftest import RUN_TOKEN
 from tests.helpers import insert_job, job, make_user
@@ -25,20 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180
 FINISHED = 1_000_000
 QUEUED_INDEX = "jobs_queued_created_at_idx"
 RUNNING_INDEX = "jobs_running_locked_until_idx"
-
-
-async def fill_finished_jobs(conn: asyncpg.Connection, user: uuid.UUID, count: int) -> None:
-    """``count`` succeeded/failed jobs in one statement (ordered ids keep the primary key cheap)."""
-    await conn.execute("""
-        insert into public.jobs (id, user_id, status, params_json, created_at, started_at,
-                                 ended_at, attempts, model, cost_cents)
-        select lpad(to_hex(i), 32, '0')::uuid, $1,
-               (case when i % 10 = 0 then 'failed' else 'succeeded' end)::job_status,
-               '{"text_prompt": "a cat"}', t, t, t + interval '20 s', 1, 'm', 4
-        from generate_series(1, $2::int) as i,
-             lateral (select now() - interval '400 days' + i * interval '30 s') as s(t)""",
-        user, count)
-    await conn.execute("analyze public.jobs")
 
 
 def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -74,7 +61,7 @@ async def build(dsn: str) -> list[uuid.UUID]:
     conn = await asyncpg.connect(dsn)
     try:
         user = await make_user(conn, balance=10)
-        await fill_finished_jobs(conn, user, FINISHED)
+        await add_finished_jobs(conn, user, 1, FINISHED, vacuum=False)
         queued = [await insert_job(conn, user) for _ in range(3)]
         for age, job_id in zip((3, 2, 1), queued, strict=True):
             await conn.execute(
