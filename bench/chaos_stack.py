@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import anyio.to_thread
 import httpx
 from anyio.abc import Process
 
+from bench.harness import free_port, read_env_file
 from realtime_worker.devstack import postgres
 
 HOST = "127.0.0.1"
@@ -30,13 +30,6 @@ STOP_SECONDS = 10.0
 # Variables of the caller that must not leak into the children (they configure the stack).
 _OWN_PREFIXES = ("SUPABASE", "GEMINI", "DATABASE_URL", "WORKER_", "LEASE_", "SWEEP_", "MAX_CONCURRENT",
                  "POLL_", "PAUSE_WORKER", "LOG_", "PORT", "SHUTDOWN_", "IMAGE_THREADS", "NEXT_PUBLIC")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def base_env() -> dict[str, str]:
@@ -102,11 +95,6 @@ class EmbeddedPostgres:
 
 
 # --- the devstack -------------------------------------------------------------------------------
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    pairs = (line.partition("=") for line in path.read_text().splitlines() if "=" in line)
-    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 @dataclass

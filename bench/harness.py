@@ -177,8 +177,8 @@ class Stack:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return dict(pairs)
+    pairs = (line.partition("=") for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 @asynccontextmanager
