@@ -22,7 +22,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from realtime_worker import transport
+from realtime_worker import config, transport
+from realtime_worker.config import WorkerSettings
 from realtime_worker.errors import QueueError
 from realtime_worker.queue import SupabaseQueue
 from realtime_worker.worker import supabase_client
@@ -45,7 +46,7 @@ async def _compressed(_request: web.Request) -> web.Response:
     return response
 
 
-async def _two_cookies(_request: web.Request) -> web.Response:
+async def _teapot(_request: web.Request) -> web.Response:
     response = web.Response(status=418, reason="I'm a teapot", text="short and stout")
     response.headers.add("X-Tag", "one")
     response.headers.add("X-Tag", "two")
@@ -61,7 +62,7 @@ async def _never_answers(_request: web.Request) -> web.Response:
 async def server() -> AsyncIterator[str]:
     app = web.Application(client_max_size=16 * 2**20)
     app.add_routes([web.route("*", "/echo", _echo), web.get("/gzip", _compressed),
-                    web.get("/teapot", _two_cookies), web.get("/slow", _never_answers)])
+                    web.get("/teapot", _teapot), web.get("/slow", _never_answers)])
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     port = free_port()
@@ -120,7 +121,7 @@ def untrusted_tls(tmp_path: Path) -> ssl.SSLContext:
 
 async def test_certificates_are_verified(untrusted_tls: ssl.SSLContext) -> None:
     app = web.Application()
-    app.add_routes([web.get("/", _two_cookies)])
+    app.add_routes([web.get("/", _teapot)])
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     port = free_port()
@@ -151,8 +152,6 @@ async def test_connection_closed_without_answer_is_httpx_protocol_error() -> Non
 
 
 async def test_queue_over_the_transport_reports_an_unreachable_supabase_as_queue_error() -> None:
-    from realtime_worker import config
-    from realtime_worker.config import WorkerSettings
 
     settings = config.load(WorkerSettings, SUPABASE_URL=f"http://127.0.0.1:{free_port()}",
                            SUPABASE_SERVICE_ROLE_KEY="service-role-secret-for-this-test",
