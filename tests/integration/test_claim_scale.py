@@ -46,12 +46,15 @@ def scans_of_jobs(nodes: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
 
 
 async def function_body(conn: asyncpg.Connection, name: str) -> str:
-    """The function's SQL with its named parameters turned into ``$n`` placeholders."""
+    """The function's statement (a plpgsql body's ``return query`` statement) with its named
+    parameters turned into ``$n`` placeholders."""
     row = await conn.fetchrow(
         "select prosrc, proargnames from pg_proc where proname = $1 and "
         "pronamespace = 'public'::regnamespace", name)
     assert row is not None
     body: str = row["prosrc"]
+    if "return query" in body:
+        body = body.split("return query", 1)[1].rsplit(";", 1)[0]
     for position, arg in enumerate(row["proargnames"], start=1):
         body = re.sub(rf"\b{arg}\b", f"${position}", body)
     return body
