@@ -101,7 +101,9 @@ def _patch(record: Any) -> None:
 
 
 class _Intercept(logging.Handler):
-    """Routes records of libraries using the standard logging module through loguru's sink."""
+    """Routes records of libraries using the standard logging module through loguru's sink, so
+    a library's warning is a JSON line like ours and passes the same redactor (without it, the
+    standard library prints it to stderr as bare text)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -110,6 +112,15 @@ class _Intercept(logging.Handler):
             level = record.levelno
         logger.opt(depth=6, exception=record.exc_info).bind(
             event="library", library=record.name).log(level, record.getMessage())
+
+
+def _route_standard_logging() -> None:
+    """Libraries' records of WARNING and above go to loguru (the root logger's default level
+    stays: httpx's INFO line per request, for one, is never even formatted)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Intercept)]:
+        root.removeHandler(handler)
+    root.addHandler(_Intercept())
 
 
 def configure(
@@ -133,6 +144,7 @@ def configure(
 
     logger.remove()
     logger.configure(patcher=_patch, extra={"event": "log"})
+    _route_standard_logging()
     if log_format == "json":
         logger.add(json_sink, level=level, format="{message}", colorize=False)
     else:

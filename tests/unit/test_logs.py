@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -34,6 +35,9 @@ def reset_logger() -> Iterator[None]:
     yield
     logger.remove()
     logger.configure(patcher=None, extra={})
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logs._Intercept)]:
+        root.removeHandler(handler)
 
 
 def json_log(level: str = "TRACE") -> io.StringIO:
@@ -154,6 +158,21 @@ def test_pretty_never_contains_a_configured_secret(stream: io.StringIO) -> None:
     assert JWT[:40] not in text
     assert text.count("bad key [REDACTED]") == len(SECRETS)
     assert text.count("Traceback (most recent call last)") == len(SECRETS)
+
+
+def test_library_warnings_are_json_lines_and_redacted() -> None:
+    stream = json_log("INFO")
+    logs.configure("json", "INFO", secrets=SECRETS, stream=stream)  # twice: still one route
+    library = logging.getLogger("realtime._async.client")
+    library.error(f"Connection attempt failed: server rejected {JWT}")
+    library.warning("Warning: %s is deprecated.", "set_auth")
+    library.info(f"Connection was successful {KEY}")  # below the root logger's WARNING
+    found = entries(stream)
+    assert [(e["severity"], e["event"], e["library"]) for e in found] == [
+        ("ERROR", "library", "realtime._async.client"), ("WARNING", "library", "realtime._async.client")]
+    assert found[0]["message"] == "Connection attempt failed: server rejected [REDACTED]"
+    assert found[1]["message"] == "Warning: set_auth is deprecated."
+    assert all(secret not in stream.getvalue() for secret in SECRETS)
 
 
 def test_pretty_line_shows_event_and_fields() -> None:
