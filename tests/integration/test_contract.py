@@ -64,6 +64,36 @@ async def test_claim_skips_not_due_and_running(conn: asyncpg.Connection) -> None
     assert await conn.fetch("select * from worker_claim_jobs($1, 10, 60)", W2) == []
 
 
+async def test_claim_skips_a_row_another_claim_holds_instead_of_waiting(db: Database) -> None:
+    holder, other = await asyncpg.connect(db.dsn), await asyncpg.connect(db.dsn)
+    try:
+        user = await make_user(holder)
+        job_id = await insert_job(holder, user)
+        # A regression that waits for the lock fails with lock_timeout instead of hanging.
+        await other.execute("set lock_timeout = '3s'")
+        async with holder.transaction():
+            assert len(await claim_one(holder, job_id)) == 1  # locked until this commits
+            assert await claim_one(other, job_id, W2) == []
+            assert await other.fetch("select * from worker_claim_jobs($1, 10, 60)", W2) == []
+        assert (await job(other, job_id))["locked_by"] == W1
+    finally:
+        await holder.close()
+        await other.close()
+
+
+async def test_claims_stay_right_once_the_session_reuses_their_plans(conn: asyncpg.Connection) -> None:
+    # plpgsql keeps the statement's plan per session and may switch to a generic plan after
+    # five calls: every call on one connection must still claim exactly the job it names.
+    user = await make_user(conn)
+    ids = [await insert_job(conn, user) for _ in range(12)]
+    for number, job_id in enumerate(ids, start=1):
+        assert [r["id"] for r in await claim_one(conn, job_id)] == [job_id]
+        assert await claim_one(conn, job_id) == []
+        assert (await job(conn, job_id))["attempts"] == 1, number
+    for _ in range(8):
+        assert await conn.fetch("select * from worker_claim_jobs($1, 10, 60)", W1) == []
+
+
 async def test_claim_jobs_oldest_first_with_limit(conn: asyncpg.Connection) -> None:
     user = await make_user(conn)
     ids = [await insert_job(conn, user) for _ in range(5)]
