@@ -10,7 +10,6 @@ side. The scratch database is dropped at the end.
 
 from __future__ import annotations
 
-import secrets
 import statistics
 import sys
 import time
@@ -19,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from bench.harness import run_on_scratch_database
 from realtime_worker.devstack import postgres
 
 SMALL, LARGE = 1_000, 1_000_000
@@ -115,25 +115,20 @@ def report(small: dict[str, tuple[float, ...]], large: dict[str, tuple[float, ..
     print(f"target: p50 at 1M within 2x of p50 at 1k -> worst p50 ratio {worst:.2f}x ({verdict})")
 
 
-async def run(admin_dsn: str, count: int) -> None:
-    name = f"rw_bench_{secrets.token_hex(3)}"
-    dsn = await postgres.create_database(admin_dsn, name)
+async def run(dsn: str, count: int) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await postgres.install_schema(conn)
-            version = await conn.fetchval("show server_version")
-            user = await make_user(conn)
-            await add_finished_jobs(conn, user, 1, SMALL)
-            small = await measure(conn, user, count)
-            started = time.perf_counter()
-            await add_finished_jobs(conn, user, SMALL + 1, LARGE)
-            filled = time.perf_counter() - started
-            large = await measure(conn, user, count)
-        finally:
-            await conn.close()
+        await postgres.install_schema(conn)
+        version = await conn.fetchval("show server_version")
+        user = await make_user(conn)
+        await add_finished_jobs(conn, user, 1, SMALL)
+        small = await measure(conn, user, count)
+        started = time.perf_counter()
+        await add_finished_jobs(conn, user, SMALL + 1, LARGE)
+        filled = time.perf_counter() - started
+        large = await measure(conn, user, count)
     finally:
-        await postgres.drop_database(admin_dsn, name)
+        await conn.close()
     print(f"Postgres {version}; {count} claims per function and size, one asyncpg connection, "
           f"{WARM_UP} warm-up claims discarded; adding {LARGE - SMALL:,} finished jobs took "
           f"{filled:.1f} s")
@@ -141,7 +136,7 @@ async def run(admin_dsn: str, count: int) -> None:
 
 
 def main(count: int) -> None:
-    postgres.run_with_server(lambda dsn: run(dsn, count))
+    run_on_scratch_database(lambda dsn: run(dsn, count))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from bench.claim_scale import LEASE, make_user, queue_job
-from bench.harness import scratch_database
+from bench.harness import run_on_scratch_database
 from realtime_worker import sql
 from realtime_worker.devstack import postgres
 
@@ -84,26 +84,25 @@ async def timings(conn: asyncpg.Connection, user: uuid.UUID, variant: Variant, c
     return samples
 
 
-async def measure(admin_dsn: str, count: int, rounds: int) -> None:
-    async with scratch_database(admin_dsn) as dsn:
-        setup = await asyncpg.connect(dsn)
-        try:
-            await postgres.install_schema(setup)
-            await setup.execute(claim_job_as_in_0001())
-            user = await make_user(setup)
-            version = await setup.fetchval("show server_version")
-        finally:
-            await setup.close()
-        samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        for _ in range(rounds):
-            for name, (variant, commit) in VARIANTS.items():
-                conn = await asyncpg.connect(dsn)  # a fresh backend per variant and round
-                try:
-                    if commit is not None:
-                        await conn.execute(f"set synchronous_commit = {commit}")
-                    samples[name] += await timings(conn, user, variant, count)
-                finally:
-                    await conn.close()
+async def measure(dsn: str, count: int, rounds: int) -> None:
+    setup = await asyncpg.connect(dsn)
+    try:
+        await postgres.install_schema(setup)
+        await setup.execute(claim_job_as_in_0001())
+        user = await make_user(setup)
+        version = await setup.fetchval("show server_version")
+    finally:
+        await setup.close()
+    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(rounds):
+        for name, (variant, commit) in VARIANTS.items():
+            conn = await asyncpg.connect(dsn)  # a fresh backend per variant and round
+            try:
+                if commit is not None:
+                    await conn.execute(f"set synchronous_commit = {commit}")
+                samples[name] += await timings(conn, user, variant, count)
+            finally:
+                await conn.close()
     print(f"Postgres {version}; {rounds} rounds x {count} claims per variant, each after a "
           f"{PAUSE * 1000:.0f} ms pause ({WARM_UP} warm-up claims per round discarded)")
     print(f"{'variant':<44} {'p50 ms':>8} {'p95 ms':>8}")
@@ -113,7 +112,7 @@ async def measure(admin_dsn: str, count: int, rounds: int) -> None:
 
 
 def main(count: int, rounds: int) -> None:
-    postgres.run_with_server(lambda dsn: measure(dsn, count, rounds))
+    run_on_scratch_database(lambda dsn: measure(dsn, count, rounds))
 
 
 if __name__ == "__main__":

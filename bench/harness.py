@@ -26,10 +26,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -99,6 +100,18 @@ async def scratch_database(admin_dsn: str, prefix: str = "rw_bench") -> AsyncIte
         await postgres.drop_database(admin_dsn, name)
 
 
+def run_on_scratch_database(main: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+    """``main(dsn)`` on a scratch database of :func:`postgres_server`'s server, for the probes run
+    on their own (``python -m bench.claim_scale`` …); prints which server they measured."""
+    async def run() -> None:
+        print("server: DATABASE_URL" if os.environ.get("DATABASE_URL") else "server: embedded (pgserver)")
+        with temp_folder() as folder:
+            async with postgres_server(folder) as admin, scratch_database(admin) as dsn:
+                await main(dsn)
+
+    asyncio.run(run())
+
+
 async def server_version(dsn: str) -> str:
     conn = await asyncpg.connect(dsn)
     try:
@@ -118,11 +131,16 @@ def free_port() -> int:
         return port
 
 
+# The caller's variables that configure the worker or the stack (``realtime_worker.config``):
+# a child gets only what its scenario sets.
+_OWN_PREFIXES = ("SUPABASE", "NEXT_PUBLIC", "GEMINI", "DATABASE_URL", "WORKER_", "PAUSE_WORKER",
+                 "MAX_CONCURRENT", "POLL_", "SWEEP_", "LEASE_", "LOG_", "PORT", "SHUTDOWN_",
+                 "IMAGE_THREADS", "CLEAN_LINE_ART")
+
+
 def base_env() -> dict[str, str]:
-    """This environment without anything that would point a child at another stack."""
-    dropped = ("SUPABASE", "NEXT_PUBLIC_SUPABASE", "GEMINI", "DATABASE_URL", "WORKER_", "PAUSE_WORKER",
-               "MAX_CONCURRENT_JOBS", "POLL_INTERVAL", "SWEEP_INTERVAL", "LOG_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    """This environment without anything that would configure a child worker or stack."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
 
 
 @dataclass
@@ -181,13 +199,18 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {key.strip(): value.strip() for key, _, value in pairs}
 
 
+def devstack_command(data_dir: Path, env_file: Path, *options: str) -> list[str]:
+    """``realtime-worker devstack`` on a free port, writing its variables to ``env_file``."""
+    return [sys.executable, "-m", "realtime_worker", "devstack", "--data-dir", str(data_dir),
+            "--port", str(free_port()), "--env-file", str(env_file), *options]
+
+
 @asynccontextmanager
 async def devstack(dsn: str, folder: Path) -> AsyncIterator[Stack]:
     """``realtime-worker devstack`` on ``dsn`` in its own process; installs the schema."""
     env_file = folder / "devstack.env"
     env = {**base_env(), "DATABASE_URL": dsn, "LOG_LEVEL": "WARNING"}
-    command = [sys.executable, "-m", "realtime_worker", "devstack", "--data-dir", str(folder / "devstack"),
-               "--port", str(free_port()), "--env-file", str(env_file)]
+    command = devstack_command(folder / "devstack", env_file)
     child = Child.spawn(command, env, folder / "devstack.log")
     try:
         await wait_until(lambda: env_file.exists() and "DATABASE_URL" in env_file.read_text(), 90,

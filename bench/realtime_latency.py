@@ -26,6 +26,7 @@ from loguru import logger
 from realtime import AsyncRealtimeClient
 from realtime.types import PostgresChangesPayload, RealtimePostgresChangesListenEvent
 
+from bench.harness import run_on_scratch_database
 from realtime_worker.devstack import postgres
 from realtime_worker.devstack.db import Database
 from realtime_worker.devstack.faults import Faults
@@ -165,22 +166,17 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
     return cuts[49], cuts[94], cuts[98]
 
 
-async def run(admin_dsn: str, count: int) -> None:
-    name = f"rw_bench_{secrets.token_hex(3)}"
-    dsn = await postgres.create_database(admin_dsn, name)
+async def run(dsn: str, count: int) -> None:
+    version = await prepare(dsn)
+    keys = Keys(secrets.token_urlsafe(32))
+    server = await Child.start("--serve", {"dsn": dsn, "secret": keys.secret})
+    producer = await Child.start("--produce", {"dsn": dsn})
     try:
-        version = await prepare(dsn)
-        keys = Keys(secrets.token_urlsafe(32))
-        server = await Child.start("--serve", {"dsn": dsn, "secret": keys.secret})
-        producer = await Child.start("--produce", {"dsn": dsn})
-        try:
-            timings = await measure(f"http://127.0.0.1:{server.first_line}", keys.service_role,
-                                    producer, count)
-        finally:
-            await producer.stop()
-            await server.stop()
+        timings = await measure(f"http://127.0.0.1:{server.first_line}", keys.service_role,
+                                producer, count)
     finally:
-        await postgres.drop_database(admin_dsn, name)
+        await producer.stop()
+        await server.stop()
     report(version, count, timings)
 
 
@@ -209,7 +205,7 @@ def main(argv: list[str]) -> None:
         asyncio.run(child_main(argv[0]))
         return
     count = int(argv[0]) if argv else 300
-    postgres.run_with_server(lambda dsn: run(dsn, count))
+    run_on_scratch_database(lambda dsn: run(dsn, count))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,7 @@ migration, in the order a real project sees them.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,18 +88,3 @@ async def drop_database(admin_dsn: str, name: str) -> None:
     finally:
         await conn.close()
 
-
-def run_with_server(main: Callable[[str], Coroutine[Any, Any, None]], *, prefix: str = "rw-bench-") -> None:
-    """Run ``main(admin_dsn)`` against ``DATABASE_URL``, else a throw-away embedded server."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        print("server: DATABASE_URL")  # noqa: T201 - benchmarks say which server they measured
-        asyncio.run(main(url))
-        return
-    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
-        server = start_embedded(Path(folder) / "pgdata", cleanup="delete")
-        try:
-            print("server: embedded (pgserver)")  # noqa: T201
-            asyncio.run(main(server.dsn))
-        finally:
-            server.stop()
