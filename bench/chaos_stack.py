@@ -9,7 +9,6 @@ Everything binds to or talks to 127.0.0.1 (or the server's Unix socket) only.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -22,19 +21,11 @@ import anyio.to_thread
 import httpx
 from anyio.abc import Process
 
-from bench.harness import free_port, read_env_file
+from bench.harness import base_env, devstack_command, read_env_file
 from realtime_worker.devstack import postgres
 
 HOST = "127.0.0.1"
 STOP_SECONDS = 10.0
-# Variables of the caller that must not leak into the children (they configure the stack).
-_OWN_PREFIXES = ("SUPABASE", "GEMINI", "DATABASE_URL", "WORKER_", "LEASE_", "SWEEP_", "MAX_CONCURRENT",
-                 "POLL_", "PAUSE_WORKER", "LOG_", "PORT", "SHUTDOWN_", "IMAGE_THREADS", "NEXT_PUBLIC")
-
-
-def base_env() -> dict[str, str]:
-    """The caller's environment without anything that configures the worker or the stack."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
 
 
 async def spawn(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> Process:
@@ -121,9 +112,8 @@ class DevstackProcess:
 
 async def start_devstack(run_dir: Path, dsn: str, seed: int, gemini_history: int) -> DevstackProcess:
     data_dir, env_file = run_dir / "devstack", run_dir / "devstack.env"
-    command = [sys.executable, "-m", "realtime_worker", "devstack", "--data-dir", str(data_dir),
-               "--port", str(free_port()), "--env-file", str(env_file), "--seed", str(seed),
-               "--gemini-history", str(gemini_history)]
+    command = devstack_command(data_dir, env_file, "--seed", str(seed),
+                               "--gemini-history", str(gemini_history))
     env = {**base_env(), "DATABASE_URL": dsn, "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"}
     process = await spawn(command, env, run_dir / "devstack.log", run_dir)
     try:
