@@ -100,9 +100,6 @@ class Table:
         return quote_ident(name)
 
 
-
-
-
 def _function_from_row(name: str, row: asyncpg.Record) -> Function:
     names, modes, types = list(row["names"]), list(row["modes"]), list(row["types"])
     inputs = [(names[i] if i < len(names) else "", types[i]) for i in range(len(types))
