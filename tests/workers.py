@@ -15,12 +15,12 @@ import anyio
 import asyncpg
 from anyio.abc import Process
 
+from bench.harness import free_port
 from realtime_worker.config import WorkerSettings
 from realtime_worker.devstack.server import Devstack
 from realtime_worker.listener import ListenerSettings
 from realtime_worker.testing import scripted
 from realtime_worker.worker import Worker
-from tests.ports import free_port
 
 FAST = {"LEASE_SECONDS": "6", "SHUTDOWN_GRACE_SECONDS": "2", "LOG_LEVEL": "WARNING"}
 

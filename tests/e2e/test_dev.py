@@ -16,7 +16,7 @@ import httpx
 import pytest
 from anyio.abc import Process
 
-from tests.ports import free_port
+from bench.harness import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

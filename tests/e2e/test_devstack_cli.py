@@ -13,7 +13,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
-from tests.ports import free_port
+from bench.harness import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -16,6 +16,7 @@ import anyio
 import asyncpg
 import pytest
 
+from bench.harness import free_port
 from realtime_worker import check, config
 from realtime_worker.config import WorkerSettings
 from realtime_worker.devstack import postgres, server
@@ -23,7 +24,6 @@ from realtime_worker.devstack.db import Database as StackDatabase
 from realtime_worker.devstack.keys import Keys
 from realtime_worker.devstack.server import Devstack, running
 from tests.conftest import Database
-from tests.ports import free_port
 
 pytestmark = [
     pytest.mark.integration,

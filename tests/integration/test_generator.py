@@ -13,6 +13,7 @@ import pytest
 from loguru import logger
 from PIL import Image
 
+from bench.harness import free_port
 from realtime_worker.devstack.faults import Faults
 from realtime_worker.devstack.gemini import GeminiFake
 from realtime_worker.errors import (
@@ -23,7 +24,6 @@ from realtime_worker.errors import (
 )
 from realtime_worker.generator import GeminiGenerator, GenerationRequest, Generator
 from tests.gemini_server import serving
-from tests.ports import free_port
 
 if TYPE_CHECKING:
     from loguru import Record

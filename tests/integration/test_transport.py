@@ -22,12 +22,12 @@ import httpx
 import pytest
 from aiohttp import web
 
+from bench.harness import free_port
 from realtime_worker import config, transport
 from realtime_worker.config import WorkerSettings
 from realtime_worker.errors import QueueError
 from realtime_worker.queue import SupabaseQueue
 from realtime_worker.worker import supabase_client
-from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
