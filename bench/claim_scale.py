@@ -10,7 +10,6 @@ side. The scratch database is dropped at the end.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 import uuid
@@ -18,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from bench.harness import run_on_scratch_database
+from bench.harness import Spread, run_on_scratch_database
 from realtime_worker.devstack import postgres
 
 SMALL, LARGE = 1_000, 1_000_000
@@ -90,13 +89,8 @@ async def time_claims(conn: asyncpg.Connection, user: uuid.UUID, claim: Claim, c
     return timings
 
 
-def percentiles(values: list[float]) -> tuple[float, float, float]:
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return cuts[49], cuts[94], cuts[98]
-
-
 async def measure(conn: asyncpg.Connection, user: uuid.UUID, count: int) -> dict[str, tuple[float, ...]]:
-    return {name: percentiles(await time_claims(conn, user, claim, count))
+    return {name: Spread.of(await time_claims(conn, user, claim, count)).percentiles
             for name, claim in CLAIMS.items()}
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import statistics
 import sys
 import time
 import uuid
@@ -28,7 +27,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from bench.claim_scale import LEASE, make_user, queue_job
-from bench.harness import run_on_scratch_database
+from bench.harness import Spread, run_on_scratch_database
 from realtime_worker import sql
 from realtime_worker.devstack import postgres
 
@@ -107,8 +106,8 @@ async def measure(dsn: str, count: int, rounds: int) -> None:
           f"{PAUSE * 1000:.0f} ms pause ({WARM_UP} warm-up claims per round discarded)")
     print(f"{'variant':<44} {'p50 ms':>8} {'p95 ms':>8}")
     for name, values in samples.items():
-        cuts = statistics.quantiles(values, n=100, method="inclusive")
-        print(f"{name:<44} {cuts[49]:>8.3f} {cuts[94]:>8.3f}")
+        spread = Spread.of(values)
+        print(f"{name:<44} {spread.p50:>8.3f} {spread.p95:>8.3f}")
 
 
 def main(count: int, rounds: int) -> None:

@@ -66,6 +66,10 @@ class Spread:
         cuts = statistics.quantiles(values, n=100, method="inclusive")
         return cls(len(values), cuts[49], cuts[94], cuts[98], min(values), max(values))
 
+    @property
+    def percentiles(self) -> tuple[float, float, float]:
+        return self.p50, self.p95, self.p99
+
 
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import statistics
 import sys
 import time
 import uuid
@@ -26,7 +25,7 @@ from loguru import logger
 from realtime import AsyncRealtimeClient
 from realtime.types import PostgresChangesPayload, RealtimePostgresChangesListenEvent
 
-from bench.harness import run_on_scratch_database
+from bench.harness import Spread, run_on_scratch_database
 from realtime_worker.devstack import postgres
 from realtime_worker.devstack.db import Database
 from realtime_worker.devstack.faults import Faults
@@ -161,11 +160,6 @@ async def sample(producer: Child, arrivals: asyncio.Queue[tuple[str, float]], co
     return from_commit, from_start
 
 
-def percentiles(values: list[float]) -> tuple[float, float, float]:
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return cuts[49], cuts[94], cuts[98]
-
-
 async def run(dsn: str, count: int) -> None:
     version = await prepare(dsn)
     keys = Keys(secrets.token_urlsafe(32))
@@ -194,7 +188,7 @@ def report(version: str, count: int, timings: Timings) -> None:
     print(f"Postgres {version}; {count} sequential inserts, {WARM_UP} warm-up discarded; "
           "server, producer and client in three processes")
     for label, values in zip(("INSERT returned", "INSERT started"), timings, strict=True):
-        p50, p95, p99 = percentiles(values)
+        p50, p95, p99 = Spread.of(values).percentiles
         print(f"{label} → realtime-py callback (ms): p50 {p50:.2f}  p95 {p95:.2f}  p99 {p99:.2f}  "
               f"min {min(values):.2f}  max {max(values):.2f}")
     print(f"target (from INSERT returned): p50 ≤ 2 ms and p99 ≤ 5 ms; {ANCHOR}")
