@@ -11,6 +11,8 @@ in shielded, time-limited scopes so cancellation can never leave a job half-reco
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -92,7 +94,11 @@ class Dispatcher:
         self._running: dict[UUID, JobRun] = {}
         self._maybe_more = False
         self._stopping = False
+        self._grace_over = False
         self._changed = anyio.Event()
+        self._claims = 0  # claim requests awaiting their answer
+        self._claims_answered = anyio.Event()
+        self._claims_answered.set()
         self._tg: TaskGroup | None = None
         self.last_tick = time.monotonic()
 
@@ -137,11 +143,18 @@ class Dispatcher:
                 self.last_tick = time.monotonic()
 
     async def shutdown(self) -> None:
-        """Stop claiming, give running jobs the grace period, then cancel and release them."""
+        """Stop claiming, give running jobs the grace period, then cancel and release them.
+
+        A claim whose answer is still on its way holds jobs the database already shows running:
+        they get what is left of the grace period too, and if the answer comes after it, they are
+        given back without being started.
+        """
         self._stopping = True
         self._send.close()
         with anyio.move_on_after(self._s.shutdown_grace_seconds):
+            await self._claims_answered.wait()
             await self.wait_idle()
+        self._grace_over = True
         for run in list(self._running.values()):
             run.stop("shutdown")
 
@@ -174,7 +187,8 @@ class Dispatcher:
             self._maybe_more = True
             return
         try:
-            job = await self._queue.claim_job(job_id, self._s.worker_id, self._s.lease_seconds)
+            with self._claiming():
+                job = await self._queue.claim_job(job_id, self._s.worker_id, self._s.lease_seconds)
         except QueueError as exc:
             logger.bind(event="claim_failed", job_id=str(job_id)).warning(str(exc))
             job = None
@@ -192,7 +206,8 @@ class Dispatcher:
                 self._maybe_more = True
                 break
             try:
-                jobs = await self._queue.claim_jobs(self._s.worker_id, wanted, self._s.lease_seconds)
+                with self._claiming():
+                    jobs = await self._queue.claim_jobs(self._s.worker_id, wanted, self._s.lease_seconds)
             except QueueError as exc:
                 self._slots.give(wanted)
                 logger.bind(event="claim_failed").warning(str(exc))
@@ -206,6 +221,19 @@ class Dispatcher:
                 break
         return claimed
 
+    @contextmanager
+    def _claiming(self) -> Iterator[None]:
+        """A claim request is out; :meth:`shutdown` waits for its answer."""
+        if self._claims == 0:
+            self._claims_answered = anyio.Event()
+        self._claims += 1
+        try:
+            yield
+        finally:
+            self._claims -= 1
+            if self._claims == 0:
+                self._claims_answered.set()
+
     def _start(self, job: Job, source: str) -> None:
         assert self._tg is not None
         self._metrics.claimed.labels(source).inc()
@@ -213,6 +241,8 @@ class Dispatcher:
             pickup = (datetime.now(UTC) - job.created_at).total_seconds()
             self._metrics.pickup.observe(max(pickup, 0.0))
         run = JobRun(job, source)
+        if self._grace_over:  # claimed before the shutdown, answered after its grace period
+            run.stop("shutdown")
         self._running[job.id] = run
         self._metrics.in_flight.inc()
         self._tg.start_soon(self._run_job, run, name=f"job {job.id}")
@@ -250,9 +280,9 @@ class Dispatcher:
                 await self._release(run, run.stop_reason or "cancelled")
 
     async def _attempt(self, run: JobRun) -> Outcome | None:
+        if run.stop_reason is not None:  # stopped before it started: the processor never runs
+            return None
         with anyio.CancelScope() as run.scope:
-            if run.stop_reason is not None:
-                run.scope.cancel()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_lease, run)
                 outcome = await self._call(run)

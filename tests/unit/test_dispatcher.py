@@ -115,6 +115,56 @@ async def test_shutdown_releases_unfinished_jobs_without_counting_the_attempt() 
     assert "release" in queue.calls
 
 
+class SlowAnswer(InMemoryQueue):
+    """Claims commit at once, but their answer reaches the worker only when ``answer`` is set:
+    a SIGTERM can arrive while the database already shows the jobs running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = anyio.Event()
+        self.claimed = anyio.Event()
+
+    async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
+        jobs = await super().claim_jobs(worker, limit, lease_seconds)
+        self.claimed.set()
+        await self.answer.wait()
+        return jobs
+
+
+async def test_jobs_whose_claim_is_answered_during_the_grace_period_get_it_too() -> None:
+    queue = SlowAnswer()
+    slow = queue.add({"script": {"duration": 60}})
+    quick = queue.add({"script": {"duration": 0.1}})
+    dispatcher = make(queue, ScriptedProcessor(), grace=1.0)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(None, "sweep")
+            await queue.claimed.wait()  # both jobs are running as far as the database knows
+            tg.start_soon(dispatcher.shutdown)
+            await anyio.sleep(0.1)
+            queue.answer.set()
+    assert queue.status(quick) == JobStatus.SUCCEEDED
+    assert queue.status(slow) == JobStatus.QUEUED
+    assert queue.jobs[slow].job.attempts == 0
+
+
+async def test_jobs_whose_claim_is_answered_after_the_grace_period_are_given_back_unstarted() -> None:
+    queue, processor = SlowAnswer(), ScriptedProcessor()
+    ids = [queue.add({"script": {"duration": 0.1}}) for _ in range(2)]
+    dispatcher = make(queue, processor, grace=0.2)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(None, "sweep")
+            await queue.claimed.wait()
+            await dispatcher.shutdown()  # the grace period ends with the claim unanswered
+            queue.answer.set()
+    assert [queue.status(i) for i in ids] == [JobStatus.QUEUED] * 2
+    assert [queue.jobs[i].job.attempts for i in ids] == [0, 0]
+    assert processor.calls == {}
+
+
 async def test_full_hint_buffer_drops_hints_not_jobs() -> None:
     queue, gauge = InMemoryQueue(), Gauge(0.01)
     ids = [queue.add() for _ in range(40)]
