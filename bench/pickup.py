@@ -117,20 +117,26 @@ async def ours(ctx: Context, starts: Starts, key: str, label: str, args: tuple[s
     return Run(key, label, method, Spread.of(latencies(starts, committed)), load, split)
 
 
-async def theirs(ctx: Context, starts: Starts, competitor: Competitor, count: int) -> Run:
-    load = harness.load_average()
+async def theirs(ctx: Context, starts: Starts, competitor: Competitor, count: int) -> list[Run]:
+    """Two runs on one worker process: enqueued on our insert path (judged), then through the
+    library's Python API (shown)."""
     await competitor.install(ctx.stack.dsn)
     env = {**harness.base_env(), DSN_ENV: ctx.stack.dsn,
            harness.STARTS_ENV: f"{starts.address[0]}:{starts.address[1]}"}
     child = harness.Child.spawn(competitor.command(), env, ctx.folder / f"{competitor.name}.log")
+    label = f"{competitor.name} {version(competitor.package)}"
+    method = f"sequential, {count} jobs + {WARM_UP} warm-up ({competitor.wake_up})"
+    runs = []
     try:
-        async with competitor.producer(ctx.stack.dsn) as enqueue:
-            samples = latencies(starts, await sequential(enqueue, starts, count))
+        for key, producer, how in ((competitor.name, competitor.producer, "its enqueue SQL over asyncpg"),
+                                   (f"{competitor.name}-api", competitor.api_producer, competitor.api)):
+            load = harness.load_average()
+            async with producer(ctx.stack.dsn) as enqueue:
+                samples = latencies(starts, await sequential(enqueue, starts, count))
+            runs.append(Run(key, f"{label}, enqueued by {how}", method, Spread.of(samples), load))
     finally:
         await child.stop()
-    label = f"{competitor.name} {version(competitor.package)}"
-    return Run(competitor.name, label, f"sequential, {count} jobs + {WARM_UP} warm-up ({competitor.wake_up})",
-               Spread.of(samples), load)
+    return runs
 
 
 HOPS = (("INSERT committed → Realtime callback in the worker", "", "trace:event:"),
@@ -157,7 +163,7 @@ async def competitors(ctx: Context, starts: Starts, count: int) -> list[Run]:
     runs = []
     for competitor in COMPETITORS.values():
         try:
-            runs.append(await theirs(ctx, starts, competitor, count))
+            runs += await theirs(ctx, starts, competitor, count)
         except RuntimeError as exc:
             ctx.results.failures.append(f"{NAME}/{competitor.name}: {exc}")
     return runs
@@ -211,11 +217,16 @@ def describe(ctx: Context, runs: list[Run]) -> Section:
                     f"{r.latency.p99:.2f}", f"{r.latency.low:.2f}", f"{r.latency.high:.2f}", r.load)
                    for r in runs])
     section.text(
-        "The producer is the bench process; it times the enqueue call of each system (our plain "
-        "`INSERT … returning id` over asyncpg, procrastinate's `defer_async`, pgqueuer's "
-        "`Queries.enqueue`) and takes `time.monotonic()` when the committing call returned. The "
-        "job's first line takes `time.monotonic()` in the worker process and sends it back as a UDP "
-        "datagram (`bench/processors.py`, `bench/competitors.py`). Our worker runs as "
+        "The producer is the bench process. Every system's jobs are enqueued on the same path: one "
+        "asyncpg connection sends one statement (our plain `INSERT … returning id`; procrastinate's "
+        "`procrastinate_defer_jobs_v1(…)` and pgqueuer's enqueue query, with the arguments their "
+        "`defer_async` and `Queries.enqueue` pass), and the bench takes `time.monotonic()` when it "
+        "returned; these rows are judged. The rows *enqueued by* `defer_async` / `Queries.enqueue` "
+        "run the same worker process again with jobs sent through the library's Python API, whose "
+        "client work after the commit delays the moment taken (and so shortens the latency); they "
+        "are shown, not judged. The job's first line takes `time.monotonic()` in the worker process "
+        "and sends it back as a UDP datagram (`bench/processors.py`, `bench/competitors.py`). Our "
+        "worker runs as "
         "`python -m realtime_worker run --processor bench.processors:timestamped` with "
         "`MAX_CONCURRENT_JOBS=64`, `LOG_LEVEL=INFO`, `LOG_FORMAT=json`, against the devstack in "
         "its own process (Realtime over a websocket, RPC over PostgREST-style HTTP).",
@@ -247,8 +258,13 @@ def check_targets(ctx: Context, runs: list[Run]) -> None:
         add(7, "p50 realtime vs best of procrastinate / pgqueuer", "within 2×", "not run", None)
         return
     best, name = min(theirs)
-    add(7, "p50 realtime vs best of procrastinate / pgqueuer", "within 2×",
-        f"{realtime.p50 / best:.2f}× ({realtime.p50:.2f} ms vs {name} {best:.2f} ms)",
+    measured = f"{realtime.p50 / best:.2f}× ({realtime.p50:.2f} ms vs {name} {best:.2f} ms)"
+    api = [(by_key[f"{n}-api"].latency.p50, n) for n in COMPETITORS if f"{n}-api" in by_key]
+    if api:
+        api_best, api_name = min(api)
+        measured += (f"; against the libraries' own enqueue calls {realtime.p50 / api_best:.2f}× "
+                     f"({api_name} {api_best:.2f} ms)")
+    add(7, "p50 realtime vs best of procrastinate / pgqueuer", "within 2×", measured,
         realtime.p50 <= 2 * best)
 
 
