@@ -243,6 +243,14 @@ class Dispatcher:
         run = JobRun(job, source)
         if self._grace_over:  # claimed before the shutdown, answered after its grace period
             run.stop("shutdown")
+        stale = self._running.get(job.id)
+        if stale is not None:
+            # The database handed out a job this worker still runs: that run's claim is gone
+            # (its lease ran out while heartbeats failed, and a sweep put the job back). The new
+            # claim is the one that counts; the stale run stops without writing anything.
+            self._log(stale).bind(event="job_claimed_again").warning(
+                "claimed again while an earlier run was still going; the earlier run stops")
+            stale.stop("lease_lost")
         self._running[job.id] = run
         self._metrics.in_flight.inc()
         self._tg.start_soon(self._run_job, run, name=f"job {job.id}")
@@ -253,7 +261,8 @@ class Dispatcher:
         try:
             await self._execute(run)
         finally:
-            del self._running[run.job.id]
+            if self._running.get(run.job.id) is run:
+                del self._running[run.job.id]
             self._metrics.in_flight.dec()
             self._metrics.duration.observe(time.monotonic() - run.started)
             self._slots.give()
@@ -270,12 +279,12 @@ class Dispatcher:
                 await self._release(run, "cancelled")
             raise
         with anyio.move_on_after(self._s.write_timeout_seconds, shield=True):
-            if outcome is not None:
-                await self._record(run, outcome)
-            elif run.stop_reason == "lease_lost":
+            if run.stop_reason == "lease_lost":  # even with an outcome: the job is not ours now
                 self._metrics.released.labels("lease_lost").inc()
                 self._log(run).bind(event="job_lease_lost").warning(
                     "lease lost; the result is discarded")
+            elif outcome is not None:
+                await self._record(run, outcome)
             else:
                 await self._release(run, run.stop_reason or "cancelled")
 

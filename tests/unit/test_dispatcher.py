@@ -115,6 +115,30 @@ async def test_shutdown_releases_unfinished_jobs_without_counting_the_attempt() 
     assert "release" in queue.calls
 
 
+async def test_a_job_handed_out_again_stops_its_stale_run_and_runs_once() -> None:
+    """The database may hand a job this worker still runs back to it: heartbeats failed for a
+    whole lease, a sweep put the job back in the queue, and this worker's next claim took it.
+    The new claim wins: the stale run stops without writing anything, and one run remains."""
+    queue, processor = InMemoryQueue(), ScriptedProcessor()
+    job_id = queue.add({"script": {"duration": 60}})
+    dispatcher = make(queue, processor)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(job_id, "realtime")
+            await wait_for(lambda: processor.calls.get(job_id) == 1)
+            item = queue.jobs[job_id]  # what the reaper does to an expired lease:
+            item.job = replace(item.job, status=JobStatus.QUEUED, locked_by=None,
+                               params={"script": {"duration": 0.05}})
+            dispatcher.wake(job_id, "sweep")
+            await wait_for(lambda: queue.status(job_id) == JobStatus.SUCCEEDED)
+            await wait_for(lambda: dispatcher.in_flight == 0)
+            await dispatcher.shutdown()
+    assert processor.calls[job_id] == 2
+    assert len(queue.jobs[job_id].results) == 1 and queue.jobs[job_id].job.attempts == 2
+    assert "release" not in queue.calls  # the stale run had nothing left to give back
+
+
 class SlowAnswer(InMemoryQueue):
     """Claims commit at once, but their answer reaches the worker only when ``answer`` is set:
     a SIGTERM can arrive while the database already shows the jobs running."""
