@@ -15,7 +15,10 @@ run time so the type check of ``bench/`` passes without them. Each has three par
   it measures; the pickup scenario shows these rows beside the others but judges on the first;
 - ``worker``: ``python -m bench.competitors NAME`` runs the library's own worker in a separate
   process (DSN in ``$BENCH_DSN``); the no-op task's first line sends its start time with the
-  same :class:`~bench.processors.StartSignal` our processor uses.
+  same :class:`~bench.processors.StartSignal` our processor uses, and the library's fetch
+  (procrastinate's ``JobManager.fetch_job``, pgqueuer's ``Queries.dequeue``, wrapped on the
+  instance) sends ``claimed:<key>`` when it returns a job, as our queue does in
+  ``bench.experiments``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.processors import StartSignal
+from bench.processors import CLAIMED, StartSignal
 
 DSN_ENV = "BENCH_DSN"
 TASK = "noop"
@@ -115,6 +118,15 @@ async def procrastinate_worker(dsn: str) -> None:
         at = time.monotonic()
         started(f"procrastinate:{context.job.id}", at)
 
+    fetch_job = app.job_manager.fetch_job
+
+    async def fetch_and_report(*args: Any, **kwargs: Any) -> Any:
+        job = await fetch_job(*args, **kwargs)
+        if job is not None:
+            started(f"{CLAIMED}procrastinate:{job.id}", time.monotonic())
+        return job
+
+    app.job_manager.fetch_job = fetch_and_report
     async with app.open_async():
         await app.run_worker_async(concurrency=1, install_signal_handlers=True,
                                    shutdown_graceful_timeout=5.0)
@@ -183,6 +195,17 @@ async def pgqueuer_worker(dsn: str) -> None:
         async def noop(job: Any) -> None:
             at = time.monotonic()
             started(f"pgqueuer:{job.id}", at)
+
+        dequeue = pgq.qm.queries.dequeue
+
+        async def dequeue_and_report(*args: Any, **kwargs: Any) -> Any:
+            jobs = await dequeue(*args, **kwargs)
+            at = time.monotonic()
+            for job in jobs:
+                started(f"{CLAIMED}pgqueuer:{job.id}", at)
+            return jobs
+
+        pgq.qm.queries.dequeue = dequeue_and_report
 
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

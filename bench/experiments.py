@@ -9,8 +9,13 @@ changes the worker; each patches one class of the unmodified worker before ``rea
   and response models, about 0.25 ms of CPU per call warm and several times that after the
   processes sat idle; the claim is on the pickup path, and this shows what that is worth.
 - ``python -m bench.experiments trace <run args>``: the worker as it is, but the Realtime callback
-  and the hinted claim report when they ran (``trace:event:<id>``, ``trace:claim-sent:<id>``,
-  ``trace:claimed:<id>`` datagrams to ``$BENCH_STARTS_ADDR``), so the pickup splits into hops.
+  and the hinted claim report when they ran (``trace:event:<id>``, ``trace:claim-sent:<id>``
+  datagrams to ``$BENCH_STARTS_ADDR``), so the pickup splits into hops.
+- ``python -m bench.experiments claimed <run args>``: the worker as it is.
+
+In all three the queue reports ``claimed:<id>`` when a claim's answer reached the worker, the end
+of a pickup as #7 defines it (commit → job claimed); the competitors report the same from their
+own fetch (``bench.competitors``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from uuid import UUID
 import aiohttp
 from postgrest.exceptions import APIError
 
-from bench.processors import StartSignal
+from bench.processors import CLAIMED, StartSignal
 from realtime_worker import cli, listener, queue, worker
 from realtime_worker.jobs import Job
 from realtime_worker.metrics import Metrics
@@ -56,14 +61,31 @@ class AiohttpRpc:
         return data
 
 
-class AiohttpQueue(queue.SupabaseQueue):
+TRACE = StartSignal.from_env()
+
+
+class StampedQueue(queue.SupabaseQueue):
+    """Reports ``claimed:<id>`` for every job a claim's answer brought."""
+
+    async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
+        job = await super().claim_job(job_id, worker, lease_seconds)
+        if job is not None:
+            TRACE(CLAIMED + str(job.id), time.monotonic())
+        return job
+
+    async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
+        jobs = await super().claim_jobs(worker, limit, lease_seconds)
+        at = time.monotonic()
+        for job in jobs:
+            TRACE(CLAIMED + str(job.id), at)
+        return jobs
+
+
+class AiohttpQueue(StampedQueue):
     @classmethod
     def from_client(cls, client: Any, metrics: Metrics | None = None,
                     on_success: Callable[[], None] | None = None) -> queue.SupabaseQueue:
         return cls(AiohttpRpc(str(client.supabase_url), str(client.supabase_key)), metrics, on_success)
-
-
-TRACE = StartSignal.from_env()
 
 
 class TracedListener(listener.Listener):
@@ -74,12 +96,10 @@ class TracedListener(listener.Listener):
         super().on_insert(payload)
 
 
-class TracedQueue(queue.SupabaseQueue):
+class TracedQueue(StampedQueue):
     async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
         TRACE(f"trace:claim-sent:{job_id}", time.monotonic())
-        job = await super().claim_job(job_id, worker, lease_seconds)
-        TRACE(f"trace:claimed:{job_id}", time.monotonic())
-        return job
+        return await super().claim_job(job_id, worker, lease_seconds)
 
 
 def patch(name: str) -> None:
@@ -89,8 +109,10 @@ def patch(name: str) -> None:
     elif name == "trace":
         setattr(worker, "SupabaseQueue", TracedQueue)  # noqa: B010
         setattr(worker, "Listener", TracedListener)  # noqa: B010
+    elif name == "claimed":
+        setattr(worker, "SupabaseQueue", StampedQueue)  # noqa: B010
     else:
-        raise SystemExit("usage: python -m bench.experiments aiohttp-rpc|trace <realtime-worker args>")
+        raise SystemExit("usage: python -m bench.experiments aiohttp-rpc|trace|claimed <run args>")
 
 
 def main(argv: list[str]) -> int:

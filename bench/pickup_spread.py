@@ -3,7 +3,8 @@
 Run: ``uv run --group bench python -m bench.pickup_spread [ROUNDS] [JOBS] [--what-if]``. One
 Postgres and one devstack; ROUNDS (default 5) fresh ``realtime-worker run`` processes in turn,
 each measured exactly as the pickup scenario measures it (sequential jobs, a 25 ms pause
-between them, 20 warm-up jobs discarded), and the p50/p95 of each process printed.
+between them, 20 warm-up jobs discarded), and the p50/p95 to each job's first line (and the p50
+to its claim's answer) of each process printed.
 ``--what-if`` runs the worker of ``bench/experiments.py aiohttp-rpc`` instead. Not part of
 ``python -m bench all``; asserts nothing.
 """
@@ -32,7 +33,8 @@ async def main(rounds: int, jobs: int, experiment: str | None) -> None:
                                         experiment=experiment)
                 p50s.append(run.latency.p50)
                 print(f"  process {index + 1}: p50 {run.latency.p50:5.2f} ms   p95 {run.latency.p95:5.2f} ms"
-                      f"   load {harness.load_average()}", flush=True)
+                      f"   (to the claim: p50 {run.claimed.p50:5.2f} ms)   load {harness.load_average()}",
+                      flush=True)
     print(f"p50 across processes: min {min(p50s):.2f}  median {statistics.median(p50s):.2f}"
           f"  max {max(p50s):.2f} ms")
 

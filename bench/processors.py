@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from realtime_worker.worker import WorkerContext
 
 STARTS_ENV = "BENCH_STARTS_ADDR"
+CLAIMED = "claimed:"  # prefix of a job's key in the report that a claim (a fetch) brought it
 
 
 class StartSignal:
