@@ -4,6 +4,8 @@
 (default 400) back to back, then ``N`` times each after a 25 ms pause (the pickup bench's pause
 between jobs), and prints both p50s and their difference:
 
+- one process, no I/O: ``json.dumps`` of a small dict, and the worker's ``job started`` JSON log
+  line (``realtime_worker.logs``, to ``/dev/null``): code that ran a moment ago, run again;
 - two processes, a socketpair and blocking ``recv``: the kernel waking an idle process;
 - two processes, an asyncio TCP echo: plus one event-loop turn on each side;
 - an HTTP request the devstack answers without Postgres (no key: 401), over aiohttp;
@@ -27,6 +29,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -69,6 +72,36 @@ def echo_asyncio(listener: socket.socket) -> None:
         await server.serve_forever()
 
     asyncio.run(serve())
+
+
+def in_process_rows(count: int) -> list[tuple[str, float, float]]:
+    from loguru import logger
+
+    from realtime_worker import logs
+
+    entry = {"severity": "INFO", "message": "job started", "job_id": str(uuid.uuid4()), "attempt": 1}
+    with open(os.devnull, "w") as sink:
+        logs.configure("json", "INFO", secrets=["a-secret-of-some-length"], stream=sink)
+        log = logger.bind(job_id=entry["job_id"], attempt=1, worker="cold-path")
+        exchanges: dict[str, Callable[[], object]] = {
+            "json.dumps of a small dict": lambda: json.dumps(entry),
+            "the worker's `job started` JSON log line": lambda: log.bind(
+                event="job_started", source="realtime").info("job started"),
+        }
+        rows = []
+        for name, once in exchanges.items():
+            samples: dict[float, list[float]] = {0.0: [], PAUSE: []}
+            for pause, values in samples.items():
+                for _ in range(WARM_UP + count):
+                    if pause:
+                        time.sleep(pause)
+                    started = time.perf_counter()
+                    once()
+                    values.append((time.perf_counter() - started) * 1000)
+            warm, idle = (Spread.of(samples[pause][WARM_UP:]).p50 for pause in (0.0, PAUSE))
+            rows.append((name, warm, idle))
+        logger.remove()
+    return rows
 
 
 def socketpair_rows(count: int) -> list[tuple[str, float, float]]:
@@ -181,7 +214,7 @@ async def devstack_rows(dsn: str, count: int) -> list[tuple[str, float, float]]:
 
 
 def main(count: int) -> None:
-    rows = socketpair_rows(count)
+    rows = in_process_rows(count) + socketpair_rows(count)
 
     async def rest(dsn: str) -> None:
         rows.append(await echo_row(count))
