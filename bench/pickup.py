@@ -223,7 +223,7 @@ def count(run: Run) -> str:
 
 
 def describe(ctx: Context, runs: list[Run]) -> Section:
-    section = ctx.results.section("Pickup latency: INSERT committed → job's first line")
+    section = ctx.results.section("Pickup latency: INSERT committed → job claimed, and → job's first line")
     section.table(("worker", "method", "n", "→ claimed p50 ms", "p95", "p99", "→ first line p50 ms",
                    "p95", "p99", "min", "max", "load at start"),
                   [(r.label, r.method, count(r), *(f"{v:.2f}" for v in r.claimed.percentiles),
