@@ -65,6 +65,28 @@ def version(name: str) -> str:
         return "not installed"
 
 
+Statement = tuple[str, tuple[Any, ...]]  # SQL returning the new job's ``id``, and its arguments
+
+
+@asynccontextmanager
+async def statement_producer(dsn: str, prefix: str,
+                             prepare: Callable[[asyncpg.Connection], Statement]) -> AsyncIterator[Enqueue]:
+    """The insert path of every judged pickup, ours included: one asyncpg connection sends one
+    statement per job; the job's key is ``prefix`` and the ``id`` the statement returned."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        sql, args = prepare(conn)
+
+        async def enqueue() -> str:
+            row = await conn.fetchrow(sql, *args)
+            assert row is not None
+            return f"{prefix}{row['id']}"
+
+        yield enqueue
+    finally:
+        await conn.close()
+
+
 # --- procrastinate -------------------------------------------------------------------------------
 
 
@@ -93,20 +115,12 @@ async def procrastinate_api_producer(dsn: str) -> AsyncIterator[Enqueue]:
 
 PROCRASTINATE_DEFER = (
     "SELECT unnest(procrastinate_defer_jobs_v1("
-    "ARRAY[ROW('default', $1, 0, NULL, NULL, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1]))")
+    "ARRAY[ROW('default', $1, 0, NULL, NULL, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])) AS id")
 
 
-@asynccontextmanager
-async def procrastinate_statement(dsn: str) -> AsyncIterator[Enqueue]:
+def procrastinate_statement(dsn: str) -> AbstractAsyncContextManager[Enqueue]:
     """What ``defer_async`` sends for a task with no arguments: queue ``default``, priority 0."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        async def enqueue() -> str:
-            return f"procrastinate:{await conn.fetchval(PROCRASTINATE_DEFER, TASK)}"
-
-        yield enqueue
-    finally:
-        await conn.close()
+    return statement_producer(dsn, "procrastinate:", lambda _conn: (PROCRASTINATE_DEFER, (TASK,)))
 
 
 async def procrastinate_worker(dsn: str) -> None:
@@ -160,28 +174,19 @@ async def pgqueuer_api_producer(dsn: str) -> AsyncIterator[Enqueue]:
         await conn.close()
 
 
-@asynccontextmanager
-async def pgqueuer_statement(dsn: str) -> AsyncIterator[Enqueue]:
+def pgqueuer_enqueue(conn: asyncpg.Connection) -> Statement:
     """The statement and arguments ``Queries.enqueue(TASK, None)`` sends."""
     pgqueuer = optional("pgqueuer")
     helpers = optional("pgqueuer.adapters.persistence.query_helpers")
-    conn = await asyncpg.connect(dsn)
-    try:
-        queries = pgqueuer.Queries.from_asyncpg_connection(conn)
-        sql = queries.qbq.build_enqueue_query("raise")
-        params = helpers.normalize_enqueue_params(TASK, None, 0, None, None, None)
-        headers = [json.dumps(header) for header in params.headers]
-        args = (params.priority, params.entrypoint, params.payload, params.execute_after,
-                params.dedupe_key, headers)
+    sql = pgqueuer.Queries.from_asyncpg_connection(conn).qbq.build_enqueue_query("raise")
+    params = helpers.normalize_enqueue_params(TASK, None, 0, None, None, None)
+    headers = [json.dumps(header) for header in params.headers]
+    return sql, (params.priority, params.entrypoint, params.payload, params.execute_after,
+                 params.dedupe_key, headers)
 
-        async def enqueue() -> str:
-            row = await conn.fetchrow(sql, *args)
-            assert row is not None
-            return f"pgqueuer:{row['id']}"
 
-        yield enqueue
-    finally:
-        await conn.close()
+def pgqueuer_statement(dsn: str) -> AbstractAsyncContextManager[Enqueue]:
+    return statement_producer(dsn, "pgqueuer:", pgqueuer_enqueue)
 
 
 async def pgqueuer_worker(dsn: str) -> None:

@@ -367,11 +367,6 @@ def script(duration: float) -> str:
 PIPELINE_PARAMS = json.dumps({"text_prompt": "a lighthouse by the sea", "title": "Bench"})
 
 
-async def insert_job(conn: asyncpg.Connection, params: str) -> uuid.UUID:
-    job_id: uuid.UUID = await conn.fetchval(INSERT_JOB, DEV_USER_ID, params)
-    return job_id
-
-
 async def insert_batch(conn: asyncpg.Connection, params: str, count: int) -> list[uuid.UUID]:
     """``count`` jobs in one transaction (one commit); their ids."""
     async with conn.transaction():

@@ -19,18 +19,18 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from bench import harness
-from bench.competitors import COMPETITORS, DSN_ENV, Competitor, Enqueue, version
+from bench.competitors import COMPETITORS, DSN_ENV, Competitor, Enqueue, statement_producer, version
 from bench.context import Context
 from bench.harness import Spread, Starts
 from bench.processors import CLAIMED
 from bench.report import Section
+from realtime_worker.devstack.stack import DEV_USER_ID
 
 NAME = "pickup"
 WARM_UP = 20
@@ -92,17 +92,10 @@ async def open_loop(enqueue: Enqueue, starts: Starts, count: int, rng: random.Ra
     return committed
 
 
-@asynccontextmanager
-async def our_producer(dsn: str) -> AsyncIterator[Enqueue]:
-    conn = await asyncpg.connect(dsn)
+def our_producer(dsn: str) -> AbstractAsyncContextManager[Enqueue]:
+    """Our plain INSERT, on the same insert path as the competitors' jobs."""
     params = harness.script(0)
-    try:
-        async def enqueue() -> str:
-            return str(await harness.insert_job(conn, params))
-
-        yield enqueue
-    finally:
-        await conn.close()
+    return statement_producer(dsn, "", lambda _conn: (harness.INSERT_JOB, (DEV_USER_ID, params)))
 
 
 async def ours(ctx: Context, starts: Starts, key: str, label: str, args: tuple[str, ...], count: int,
