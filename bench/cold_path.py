@@ -4,7 +4,7 @@
 (default 400) back to back, then ``N`` times each after a 25 ms pause (the pickup bench's pause
 between jobs), and prints both p50s and their difference:
 
-- one process, no I/O: ``json.dumps`` of a small dict, and the worker's ``job started`` JSON log
+- one process: ``json.dumps`` of a small dict, and the worker's ``job started`` JSON log
   line (``realtime_worker.logs``, to ``/dev/null``): code that ran a moment ago, run again;
 - two processes, a socketpair and blocking ``recv``: the kernel waking an idle process;
 - two processes, an asyncio TCP echo: plus one event-loop turn on each side;
@@ -14,7 +14,8 @@ between jobs), and prints both p50s and their difference:
   (no PostgREST client), a plain aiohttp POST (no httpx), and one asyncpg query (no HTTP: what
   procrastinate and pgqueuer do).
 
-The five devstack exchanges take turns sample by sample, so they see the same machine.
+Exchanges measured together (the two in-process ones, the five devstack ones) take turns
+sample by sample, so they see the same machine. The pause is an ``asyncio.sleep`` throughout.
 
 The devstack runs in its own process on a scratch database (``DATABASE_URL``'s server, else an
 embedded one). Not part of ``python -m bench all``; asserts nothing.
@@ -31,7 +32,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
 import asyncpg
@@ -74,57 +75,46 @@ def echo_asyncio(listener: socket.socket) -> None:
     asyncio.run(serve())
 
 
-def in_process_rows(count: int) -> list[tuple[str, float, float]]:
+def blocking(call: Callable[[], object]) -> Exchange:
+    """A plain call as an exchange for :func:`timed` (it holds the event loop while it runs)."""
+    async def exchange() -> None:
+        call()
+
+    return exchange
+
+
+async def in_process_rows(count: int, sink: TextIO) -> list[tuple[str, float, float]]:
     from loguru import logger
 
     from realtime_worker import logs
 
     entry = {"severity": "INFO", "message": "job started", "job_id": str(uuid.uuid4()), "attempt": 1}
-    with open(os.devnull, "w") as sink:
-        logs.configure("json", "INFO", secrets=["a-secret-of-some-length"], stream=sink)
-        log = logger.bind(job_id=entry["job_id"], attempt=1, worker="cold-path")
-        exchanges: dict[str, Callable[[], object]] = {
-            "json.dumps of a small dict": lambda: json.dumps(entry),
-            "the worker's `job started` JSON log line": lambda: log.bind(
-                event="job_started", source="realtime").info("job started"),
-        }
-        rows = []
-        for name, once in exchanges.items():
-            samples: dict[float, list[float]] = {0.0: [], PAUSE: []}
-            for pause, values in samples.items():
-                for _ in range(WARM_UP + count):
-                    if pause:
-                        time.sleep(pause)
-                    started = time.perf_counter()
-                    once()
-                    values.append((time.perf_counter() - started) * 1000)
-            warm, idle = (Spread.of(samples[pause][WARM_UP:]).p50 for pause in (0.0, PAUSE))
-            rows.append((name, warm, idle))
+    logs.configure("json", "INFO", secrets=["a-secret-of-some-length"], stream=sink)
+    log = logger.bind(job_id=entry["job_id"], attempt=1, worker="cold-path")
+    try:
+        return await timed({
+            "json.dumps of a small dict": blocking(lambda: json.dumps(entry)),
+            "the worker's `job started` JSON log line": blocking(
+                lambda: log.bind(event="job_started", source="realtime").info("job started")),
+        }, count)
+    finally:
         logger.remove()
-    return rows
 
 
-def socketpair_rows(count: int) -> list[tuple[str, float, float]]:
+async def socketpair_row(count: int) -> tuple[str, float, float]:
     ours, theirs = socket.socketpair()
     pid = fork(lambda: echo_blocking(theirs, ours))
     theirs.close()
 
-    def once() -> float:
-        started = time.perf_counter()
+    def once() -> None:
         ours.send(b"x")
         ours.recv(64)
-        return (time.perf_counter() - started) * 1000
 
     try:
-        warm = [once() for _ in range(WARM_UP + count)][WARM_UP:]
-        cold = []
-        for _ in range(count):
-            time.sleep(PAUSE)
-            cold.append(once())
+        return (await timed({"socketpair, blocking recv": blocking(once)}, count))[0]
     finally:
         ours.close()
-        os.waitpid(pid, 0)
-    return [("socketpair, blocking recv", Spread.of(warm).p50, Spread.of(cold).p50)]
+        await asyncio.to_thread(os.waitpid, pid, 0)
 
 
 async def timed(exchanges: dict[str, Exchange], count: int) -> list[tuple[str, float, float]]:
@@ -214,13 +204,16 @@ async def devstack_rows(dsn: str, count: int) -> list[tuple[str, float, float]]:
 
 
 def main(count: int) -> None:
-    rows = in_process_rows(count) + socketpair_rows(count)
+    rows: list[tuple[str, float, float]] = []
 
-    async def rest(dsn: str) -> None:
-        rows.append(await echo_row(count))
-        rows.extend(await devstack_rows(dsn, count))
+    with open(os.devnull, "w") as sink:  # where the log line goes
+        async def measure(dsn: str) -> None:
+            rows.extend(await in_process_rows(count, sink))
+            rows.append(await socketpair_row(count))
+            rows.append(await echo_row(count))
+            rows.extend(await devstack_rows(dsn, count))
 
-    harness.run_on_scratch_database(rest)
+        harness.run_on_scratch_database(measure)
     print(f"{count} exchanges each; p50 in ms; 'idle' = after a {PAUSE * 1000:.0f} ms pause")
     print(f"{'exchange':52} {'warm':>7} {'idle':>7} {'idle − warm':>12}")
     for name, warm, idle in rows:
