@@ -22,6 +22,7 @@ import asyncpg
 
 from bench.chaos_load import kind_of, token_of
 from bench.chaos_stack import Kill
+from realtime_worker.jobs import worker_of
 
 TERMINAL = frozenset({"succeeded", "failed"})
 OUTPUT_KINDS = {"edge_map": ("intermediates", "edge.png"), "thumbnail": ("intermediates", "thumbnail.png"),
@@ -52,7 +53,7 @@ class Transition:
     job_id: uuid.UUID
     old_status: str | None
     new_status: str
-    locked_by: str | None
+    locked_by: str | None  # the worker id of the claim's owner (``jobs.worker_of``)
     error_code: str | None
     at: float
     old_locked_until: float | None = None  # of a reap: when the lease had expired
@@ -85,8 +86,9 @@ async def read_snapshot(dsn: str) -> Snapshot:
         balances = {r[0]: r[1] for r in await conn.fetch("select user_id, balance from public.credits")}
         transitions: dict[uuid.UUID, list[Transition]] = defaultdict(list)
         for r in await conn.fetch("select * from chaos.transitions order by at, id"):
+            owner = r["new_locked_by"]  # one claim's owner; the checks follow its worker
             transitions[r["job_id"]].append(Transition(r["job_id"], r["old_status"], r["new_status"],
-                                                       r["new_locked_by"], r["error_code"],
+                                                       owner and worker_of(owner), r["error_code"],
                                                        r["at"].timestamp(), _epoch(r["old_locked_until"])))
     finally:
         await conn.close()

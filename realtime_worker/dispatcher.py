@@ -3,13 +3,25 @@
 Wake-ups come from the listener (with a job id), the sweeper, catch-ups after a resubscription
 and freed slots (without one). They pass through a bounded buffer; a full buffer drops the
 wake-up, never a job, because the next fill claims whatever is due. A slot is taken *before*
-a claim, so nothing is claimed that cannot start. Each running job keeps its lease with a
-heartbeat; a lost lease cancels the job and its result is not written. Final states are written
-in shielded, time-limited scopes so cancellation can never leave a job half-recorded.
+a claim, so nothing is claimed that cannot start.
+
+Every claim request writes its own owner into ``locked_by`` (:func:`~realtime_worker.jobs.lease_owner`:
+the worker id, a token of this process and the claim's number), and every later call about
+a job (heartbeat, complete, fail, release) names that owner. So the database refuses a write
+from any run but the one its current claim started: a run of another instance that happens to
+share the worker id, or an earlier run in this very process whose lease ran out.
+
+Each running job keeps its lease with a heartbeat; a lost lease cancels the job and its result
+is not written. The lease counts from when the last renewal that succeeded was *sent*, so a run
+stops no later than the database could hand its job to someone else, even while renewals hang.
+Final states are written in shielded, time-limited scopes so cancellation can never leave a job
+half-recorded.
 """
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +35,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
 from realtime_worker.errors import JobError, QueueError, RetryableJobError
-from realtime_worker.jobs import Backoff, Job, JobResult, retry_delay
+from realtime_worker.jobs import Backoff, Job, JobResult, lease_owner, retry_delay
 from realtime_worker.metrics import Metrics
 from realtime_worker.queue import JobQueue
 
@@ -56,10 +68,20 @@ class DispatcherSettings:
     write_timeout_seconds: float = 5.0
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One claim request: the owner it writes into ``locked_by``, and when it was sent."""
+
+    owner: str
+    sent: float
+
+
 @dataclass(eq=False)
 class JobRun:
     job: Job
     source: str
+    owner: str
+    owned_until: float  # monotonic: the lease may have run out from here on
     started: float = field(default_factory=time.monotonic)
     scope: anyio.CancelScope | None = None
     stop_reason: str | None = None
@@ -100,6 +122,8 @@ class Dispatcher:
         self._claims_answered = anyio.Event()
         self._claims_answered.set()
         self._tg: TaskGroup | None = None
+        self._process_token = secrets.token_hex(4)
+        self._claim_numbers = itertools.count(1)
         self.last_tick = time.monotonic()
 
     @property
@@ -187,15 +211,15 @@ class Dispatcher:
             self._maybe_more = True
             return
         try:
-            with self._claiming():
-                job = await self._queue.claim_job(job_id, self._s.worker_id, self._s.lease_seconds)
+            with self._claiming() as claim:
+                job = await self._queue.claim_job(job_id, claim.owner, self._s.lease_seconds)
         except QueueError as exc:
             logger.bind(event="claim_failed", job_id=str(job_id)).warning(str(exc))
             job = None
         if job is None:
             self._slots.give()
             return
-        self._start(job, "realtime")
+        self._start(job, "realtime", claim)
 
     async def _fill(self, source: str) -> int:
         """Claim due jobs into every free slot; returns how many were claimed."""
@@ -206,15 +230,15 @@ class Dispatcher:
                 self._maybe_more = True
                 break
             try:
-                with self._claiming():
-                    jobs = await self._queue.claim_jobs(self._s.worker_id, wanted, self._s.lease_seconds)
+                with self._claiming() as claim:
+                    jobs = await self._queue.claim_jobs(claim.owner, wanted, self._s.lease_seconds)
             except QueueError as exc:
                 self._slots.give(wanted)
                 logger.bind(event="claim_failed").warning(str(exc))
                 break
             self._slots.give(wanted - len(jobs))
             for job in jobs:
-                self._start(job, source)
+                self._start(job, source, claim)
             claimed += len(jobs)
             if len(jobs) < wanted:
                 self._maybe_more = False
@@ -222,25 +246,26 @@ class Dispatcher:
         return claimed
 
     @contextmanager
-    def _claiming(self) -> Iterator[None]:
+    def _claiming(self) -> Iterator[Claim]:
         """A claim request is out; :meth:`shutdown` waits for its answer."""
         if self._claims == 0:
             self._claims_answered = anyio.Event()
         self._claims += 1
+        owner = lease_owner(self._s.worker_id, f"{self._process_token}.{next(self._claim_numbers)}")
         try:
-            yield
+            yield Claim(owner, time.monotonic())
         finally:
             self._claims -= 1
             if self._claims == 0:
                 self._claims_answered.set()
 
-    def _start(self, job: Job, source: str) -> None:
+    def _start(self, job: Job, source: str, claim: Claim) -> None:
         assert self._tg is not None
         self._metrics.claimed.labels(source).inc()
         if job.created_at is not None:
             pickup = (datetime.now(UTC) - job.created_at).total_seconds()
             self._metrics.pickup.observe(max(pickup, 0.0))
-        run = JobRun(job, source)
+        run = JobRun(job, source, claim.owner, claim.sent + self._s.lease_seconds)
         if self._grace_over:  # claimed before the shutdown, answered after its grace period
             run.stop("shutdown")
         stale = self._running.get(job.id)
@@ -310,21 +335,35 @@ class Dispatcher:
                 "Something went wrong on our side; the job will be retried.", code="internal")
 
     async def _keep_lease(self, run: JobRun) -> None:
-        interval = max(self._s.lease_seconds / 3, 0.2)
-        last_ok = time.monotonic()
+        """Renew the lease every third of it until the run ends or may no longer own its job.
+
+        Renewals keep a steady beat: one that fails or hangs is given up when the next is due.
+        The run stops as ``lease_lost`` when the database refuses a renewal, or when the lease
+        of the last renewal that succeeded (counted from when it was sent) runs out.
+        """
+        lease = self._s.lease_seconds
+        interval = max(lease / 3, 0.2)
+        due = time.monotonic() + interval
         while True:
-            await anyio.sleep(interval)
-            try:
-                owned = await self._queue.heartbeat(
-                    run.job.id, self._s.worker_id, self._s.lease_seconds)
-            except QueueError as exc:
-                self._log(run).bind(event="heartbeat_failed").warning(str(exc))
-                owned = time.monotonic() - last_ok < self._s.lease_seconds
-            else:
-                last_ok = time.monotonic()
-            if not owned:
+            await anyio.sleep(max(min(due, run.owned_until) - time.monotonic(), 0))
+            sent = time.monotonic()
+            if sent >= run.owned_until:
+                self._log(run).bind(event="lease_expired").warning(
+                    "the lease ran out while renewals failed; the run stops")
                 run.stop("lease_lost")
                 return
+            due = sent + interval
+            owned = None
+            with anyio.move_on_after(min(due, run.owned_until) - sent):
+                try:
+                    owned = await self._queue.heartbeat(run.job.id, run.owner, lease)
+                except QueueError as exc:
+                    self._log(run).bind(event="heartbeat_failed").warning(str(exc))
+            if owned is False:
+                run.stop("lease_lost")
+                return
+            if owned:
+                run.owned_until = sent + lease
 
     async def _record(self, run: JobRun, outcome: Outcome) -> None:
         """Write the outcome, retrying through a short database outage.
@@ -346,7 +385,7 @@ class Dispatcher:
 
     async def _complete(self, run: JobRun, result: JobResult) -> None:
         log = self._log(run)
-        if await self._queue.complete(run.job.id, self._s.worker_id, result):
+        if await self._queue.complete(run.job.id, run.owner, result):
             self._metrics.succeeded.inc()
             log.bind(event="job_succeeded", model=result.model, cost_cents=result.cost_cents,
                      duration_ms=round((time.monotonic() - run.started) * 1000)).info("job succeeded")
@@ -356,7 +395,7 @@ class Dispatcher:
     async def _fail(self, run: JobRun, error: JobError) -> None:
         job, log = run.job, self._log(run)
         delay = retry_delay(error, job.attempts, job.max_attempts, self._s.backoff)
-        status = await self._queue.fail(job.id, self._s.worker_id, error.user_message, error.code, delay)
+        status = await self._queue.fail(job.id, run.owner, error.user_message, error.code, delay)
         log = log.bind(error_code=error.code, retry_in_seconds=delay)
         if status == "queued":
             self._metrics.retried.labels(error.code).inc()
@@ -369,7 +408,7 @@ class Dispatcher:
 
     async def _release(self, run: JobRun, reason: str) -> None:
         try:
-            released = await self._queue.release(run.job.id, self._s.worker_id)
+            released = await self._queue.release(run.job.id, run.owner)
         except QueueError as exc:
             self._log(run).bind(event="release_failed").error(str(exc))
             return
@@ -379,4 +418,4 @@ class Dispatcher:
 
     def _log(self, run: JobRun):  # type: ignore[no-untyped-def]
         return logger.bind(job_id=str(run.job.id), attempt=run.job.attempts,
-                           worker=self._s.worker_id)
+                           worker=self._s.worker_id, owner=run.owner)

@@ -94,6 +94,17 @@ class Job:
         )
 
 
+def lease_owner(worker_id: str, claim: str) -> str:
+    """What one claim writes into ``jobs.locked_by``: the worker's id, ``#``, then what tells
+    that claim apart from every other claim of any worker sharing the id."""
+    return f"{worker_id}#{claim}"
+
+
+def worker_of(locked_by: str) -> str:
+    """The worker id in a ``locked_by`` written by :func:`lease_owner` (else the value itself)."""
+    return locked_by.rpartition("#")[0] or locked_by
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobRequest:
     """``params_json`` parsed and validated; the kind decided as in DESIGN.md."""

@@ -10,7 +10,7 @@ import pytest
 
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.errors import QueueError
-from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus
+from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus, lease_owner, worker_of
 from realtime_worker.metrics import Metrics
 from realtime_worker.testing import InMemoryQueue, ScriptedProcessor
 from tests.waiting import wait_for
@@ -250,3 +250,113 @@ async def test_a_longer_outage_leaves_the_job_to_its_lease() -> None:
         await make(queue, ScriptedProcessor()).drain()
     assert queue.status(job_id) == JobStatus.RUNNING  # the lease expires; a sweep reaps it
     assert queue.jobs[job_id].results == []
+
+
+class HangingRenewals(InMemoryQueue):
+    """Every heartbeat hangs, as over a connection that stopped answering."""
+
+    async def heartbeat(self, job_id: UUID, worker: str, lease_seconds: int) -> bool:
+        self.calls.append("heartbeat (hangs)")
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_run_whose_renewals_hang_stops_when_its_lease_may_have_run_out() -> None:
+    """A renewal that never answers must not keep a job running past its lease: by then the
+    database may have handed the job to another worker."""
+    queue, processor = HangingRenewals(), ScriptedProcessor()
+    job_id = queue.add({"script": {"duration": 60}})
+    dispatcher = make(queue, processor, lease=3)
+    with anyio.fail_after(3 + 2):  # the lease, plus room for the stop (correctness, not speed)
+        await dispatcher.drain()
+    assert processor.calls[job_id] == 1
+    assert queue.calls.count("heartbeat (hangs)") >= 2  # a hung renewal is retried, not awaited
+    assert queue.jobs[job_id].results == [] and "complete" not in queue.calls
+    assert "release" not in queue.calls  # the job is not ours to give back any more
+
+
+class Numbered:
+    """A processor whose result names its call; the ``hold``-th call waits for ``go``."""
+
+    def __init__(self, hold: int) -> None:
+        self.count, self.hold, self.go = 0, hold, anyio.Event()
+
+    async def __call__(self, job: Job) -> JobResult:
+        self.count += 1
+        number = self.count
+        if number == self.hold:
+            await self.go.wait()
+        return JobResult(model=f"run {number}", cost_cents=number)
+
+
+class Outage(InMemoryQueue):
+    """Completions fail while ``down`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def complete(self, job_id: UUID, worker: str, result: JobResult) -> bool:
+        if self.down:
+            self.calls.append("complete (unreachable)")
+            raise QueueError("worker_complete_job failed: 57P03 the database system is starting up")
+        self.calls.append(f"complete {result.model}")
+        return await super().complete(job_id, worker, result)
+
+
+async def test_a_stale_run_still_recording_cannot_write_over_a_new_claim_of_its_job() -> None:
+    """Run 1 finished but cannot record its result (the database is away); meanwhile its lease
+    ran out, a sweep put the job back and this same worker claimed it again (run 2). When the
+    database is back, run 1's retry must be refused: only run 2's claim owns the job."""
+    queue, processor = Outage(), Numbered(hold=2)
+    job_id = queue.add()
+    dispatcher = make(queue, processor)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(job_id, "realtime")
+            await wait_for(lambda: "complete (unreachable)" in queue.calls)
+            item = queue.jobs[job_id]  # what the reaper does to an expired lease:
+            item.job = replace(item.job, status=JobStatus.QUEUED, locked_by=None)
+            dispatcher.wake(job_id, "sweep")
+            await wait_for(lambda: processor.count == 2)
+            queue.down = False
+            await wait_for(lambda: "complete run 1" in queue.calls)  # run 1's retry, refused
+            assert queue.status(job_id) == JobStatus.RUNNING and item.results == []
+            processor.go.set()
+            await wait_for(lambda: queue.status(job_id) == JobStatus.SUCCEEDED)
+            await dispatcher.shutdown()
+    assert [result.model for result in item.results] == ["run 2"]
+    assert item.job.attempts == 2
+
+
+async def test_two_instances_sharing_a_worker_id_never_both_own_a_job() -> None:
+    """On Cloud Run every instance may be ``localhost-1``. When one instance's lease ran out and
+    the other claimed the job, the first one's next renewal must be refused, not accepted as its
+    own: each claim writes its own owner."""
+    queue = InMemoryQueue()
+    job_id = queue.add({"script": {"duration": 60}})
+    first, second = ScriptedProcessor(), ScriptedProcessor()
+    old, new = make(queue, first, lease=3), make(queue, second, lease=3)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(old.run)
+            await tg.start(new.run)
+            old.wake(job_id, "realtime")
+            await wait_for(lambda: first.calls.get(job_id) == 1)
+            item = queue.jobs[job_id]  # the reaper takes the lease back; the other instance claims
+            item.job = replace(item.job, status=JobStatus.QUEUED, locked_by=None)
+            new.wake(job_id, "sweep")
+            await wait_for(lambda: second.calls.get(job_id) == 1)
+            await wait_for(lambda: old.in_flight == 0)  # its next renewal was refused
+            assert new.in_flight == 1 and queue.status(job_id) == JobStatus.RUNNING
+            await new.shutdown()
+            await old.shutdown()
+    assert queue.status(job_id) == JobStatus.QUEUED  # given back by its owner only
+    assert item.job.locked_by is None and item.results == []
+
+
+def test_an_owner_names_its_worker() -> None:
+    assert worker_of(lease_owner("localhost-1", "9f3a.7")) == "localhost-1"
+    assert worker_of(lease_owner("a#b", "c")) == "a#b"
+    assert worker_of("written-by-an-older-worker") == "written-by-an-older-worker"
