@@ -7,16 +7,21 @@ cannot recover by itself: after it gave up reconnecting, after a server ``phx_cl
 the subscription stays broken. ``SUBSCRIBED`` only means the join was accepted; the listener
 counts as subscribed once the server's "Subscribed to PostgreSQL" system message arrives, and
 every such (re)subscription triggers a catch-up claim, because events in the gap are lost.
+
+Each session has a generation number bound into its state and system callbacks, and callbacks of
+an older generation are ignored: closing a session sends ``phx_leave``, whose push timeout later
+reports ``CLOSED`` through that session's callback, long after the next session took over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 import anyio
@@ -24,6 +29,9 @@ from loguru import logger
 
 from realtime_worker.health import HealthState
 from realtime_worker.metrics import Metrics
+
+if TYPE_CHECKING:
+    from supabase.types import RealtimeClientOptions
 
 Wake = Callable[[UUID | None, str], None]
 
@@ -39,6 +47,7 @@ class ListenerSettings:
     backoff_max_seconds: float = 30.0
     client_max_retries: int = 5
     client_initial_backoff_seconds: float = 1.0
+    client_timeout_seconds: int = 10  # realtime-py's push (join, leave) and connect timeout
 
 
 def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random) -> float:
@@ -68,9 +77,11 @@ class Listener:
         self._changed = anyio.Event()
         self._db_subscribed = False
         self._closed = False
+        self._generation = 0  # of the current session; callbacks of older ones are ignored
         self.subscriptions = 0
 
     # -- callbacks: synchronous, never raise --------------------------------------------------
+    # An insert is news whichever session brings it; state and system callbacks name theirs.
 
     def on_insert(self, payload: Any) -> None:
         try:
@@ -83,7 +94,9 @@ class Listener:
         except Exception:
             logger.bind(event="wake_failed").exception("could not wake the dispatcher")
 
-    def on_system(self, payload: Any) -> None:
+    def on_system(self, generation: int, payload: Any) -> None:
+        if generation != self._generation:
+            return
         try:
             if _field(payload, "extension") == "postgres_changes":
                 self._db_subscribed = _field(payload, "status") == "ok"
@@ -94,7 +107,9 @@ class Listener:
         except Exception:
             logger.bind(event="callback_failed").exception("system callback failed")
 
-    def on_state(self, state: Any, error: Exception | None = None) -> None:
+    def on_state(self, generation: int, state: Any, error: Exception | None = None) -> None:
+        if generation != self._generation:
+            return  # e.g. the CLOSED of an older session's phx_leave timing out
         try:
             name = str(getattr(state, "value", state))
             self._db_subscribed = False  # SUBSCRIBED precedes the database subscription
@@ -125,19 +140,17 @@ class Listener:
         from realtime.types import RealtimePostgresChangesListenEvent
         from supabase import AsyncClientOptions, acreate_client
 
+        self._generation += 1
         self._db_subscribed, self._closed = False, False
-        options = AsyncClientOptions(realtime={
-            "max_retries": self._s.client_max_retries,
-            "initial_backoff": self._s.client_initial_backoff_seconds,
-        })
+        options = AsyncClientOptions(realtime=self._client_options())
         client = await acreate_client(self._s.url, self._s.key, options=options)
         try:
             channel = client.channel(self._s.channel)
             insert = RealtimePostgresChangesListenEvent.Insert
             channel.on_postgres_changes(insert, schema="public", table="jobs", callback=self.on_insert)
-            channel.on_system(self.on_system)
+            channel.on_system(functools.partial(self.on_system, self._generation))
             with anyio.move_on_after(self._s.subscribe_timeout_seconds):
-                await channel.subscribe(self.on_state)
+                await channel.subscribe(functools.partial(self.on_state, self._generation))
             return await self._watch(client, channel)
         except Exception as exc:
             logger.bind(event="realtime_error").warning(f"{type(exc).__name__}: {exc}")
@@ -146,6 +159,14 @@ class Listener:
             self._set_subscribed(False)
             with anyio.move_on_after(2, shield=True):
                 await _close_quietly(client)
+
+    def _client_options(self) -> RealtimeClientOptions:
+        # AsyncRealtimeClient takes ``timeout``; supabase passes it on but its TypedDict omits it.
+        return cast("RealtimeClientOptions", {
+            "max_retries": self._s.client_max_retries,
+            "initial_backoff": self._s.client_initial_backoff_seconds,
+            "timeout": self._s.client_timeout_seconds,
+        })
 
     async def _watch(self, client: Any, channel: Any) -> bool:
         worked, broken_since = False, None

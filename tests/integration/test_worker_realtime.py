@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
+import anyio
 import asyncpg
 import pytest
 
 from realtime_worker.devstack.server import Devstack
+from realtime_worker.worker import Worker
 from tests.conftest import Database
 from tests.helpers import insert_job, make_user
 from tests.waiting import wait_for
@@ -88,20 +93,61 @@ async def test_server_phx_close_is_resubscribed(
         assert resubscribes is not None and resubscribes >= 1
 
 
+@asynccontextmanager
+async def realtime_down(devstack: Devstack) -> AsyncIterator[None]:
+    """Realtime sockets cut and new connections refused, until the block ends."""
+    devstack.faults.update({"realtime_refuse_connections": True})
+    await devstack.realtime.cut_sockets()
+    try:
+        yield
+    finally:
+        devstack.faults.update({"realtime_refuse_connections": False})
+
+
 async def test_client_that_gave_up_reconnecting_is_rebuilt(
         devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
     listener = listener_settings(devstack, client_max_retries=2, rebuild_after_seconds=30.0)
     async with running_worker(devstack, listener=listener, SWEEP_INTERVAL_SECONDS=NO_SWEEP) as (worker, _):
         await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
-        devstack.faults.update({"realtime_refuse_connections": True})
-        await devstack.realtime.cut_sockets()
-        await wait_for(lambda: not worker.health.realtime_subscribed, what="disconnect")
-        user = await make_user(conn)
-        await insert_job(conn, user)
-        devstack.faults.update({"realtime_refuse_connections": False})
+        async with realtime_down(devstack):
+            await wait_for(lambda: not worker.health.realtime_subscribed, what="disconnect")
+            user = await make_user(conn)
+            await insert_job(conn, user)
         # rebuild_after is 30 s: coming back sooner proves the supervisor saw the client give up
         await wait_for(lambda: done(db, 1), within=15, what="catch-up after rebuild")
         assert claimed(worker, "catchup") == 1
+
+
+def resubscribes(worker: Worker) -> float:
+    value = worker.metrics.registry.get_sample_value("worker_realtime_resubscribes_total")
+    return value or 0.0
+
+
+async def stays_subscribed(worker: Worker, seconds: float, step: float = 0.01) -> bool:
+    """Whether the worker stays subscribed, without a single gap, for (at least) ``seconds``."""
+    for _ in range(math.ceil(seconds / step)):
+        if not worker.health.realtime_subscribed:
+            return False
+        await anyio.sleep(step)
+    return worker.health.realtime_subscribed
+
+
+async def test_a_rebuilt_session_outlives_the_old_sessions_leave_timeout(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    # Closing a session sends phx_leave and starts its push timeout; the reply never reaches
+    # the removed channel, so the timeout reports CLOSED through the old session's callback.
+    listener = listener_settings(devstack, client_max_retries=2, client_timeout_seconds=1)
+    async with running_worker(devstack, listener=listener, SWEEP_INTERVAL_SECONDS=NO_SWEEP) as (worker, _):
+        await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
+        async with realtime_down(devstack):
+            await wait_for(lambda: resubscribes(worker) >= 1, what="client gave up: rebuild")
+        await wait_for(lambda: worker.health.realtime_subscribed, what="resubscribed")
+        rebuilds = resubscribes(worker)
+        assert await stays_subscribed(worker, seconds=3 * listener.client_timeout_seconds)
+        assert resubscribes(worker) == rebuilds
+        await insert_job(conn, await make_user(conn))
+        await wait_for(lambda: done(db, 1), within=5, what="job done")
+        assert claimed(worker, "realtime") == 1
 
 
 async def test_poll_only_mode_needs_no_realtime(

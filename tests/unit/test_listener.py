@@ -49,8 +49,8 @@ def test_a_failing_wake_does_not_escape_the_callback() -> None:
     subject = Listener(ListenerSettings(url="http://127.0.0.1:1", key="k"), boom, Metrics(),
                        HealthState(mode="realtime"))
     subject.on_insert(insert({"id": str(uuid.uuid4()), "status": "queued"}))
-    subject.on_system(object())
-    subject.on_state(object(), RuntimeError("x"))
+    subject.on_system(0, object())
+    subject.on_state(0, object(), RuntimeError("x"))
 
 
 def test_non_queued_inserts_do_not_name_a_job() -> None:
