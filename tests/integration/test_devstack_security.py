@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -11,12 +14,15 @@ from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 from supabase import AsyncClient
 
+from realtime_worker import migrate
+from realtime_worker.devstack import postgres
 from realtime_worker.devstack.keys import Keys
-from realtime_worker.devstack.server import Devstack
+from realtime_worker.devstack.server import Devstack, running
 from realtime_worker.devstack.stack import local_database
 from realtime_worker.errors import ConfigError
+from tests.conftest import Database
 from tests.devstack_fixtures import file_options, rows, supabase_client
-from tests.helpers import insert_job, make_user
+from tests.helpers import balance, insert_job, job, make_user, refunds
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +88,164 @@ async def test_rls_a_user_reads_only_their_jobs(devstack: Devstack, conn: asyncp
         assert forged.value.code == "42501"
     async with supabase_client(devstack.url, devstack.anon_key) as anon:
         assert (await anon.table("jobs").select("id").execute()).data == []
+
+
+# --- the worker's columns of public.jobs belong to the worker, not to the API roles -------------
+
+# What a signed-in user could send to mint credits: a "running" job whose lease has long expired,
+# attempts used up, and a refund of its own choosing once the sweep reaps it.
+FORGED: dict[str, Any] = {
+    "params_json": {}, "status": "running", "locked_by": "x", "locked_until": "2000-01-01T00:00:00Z",
+    "heartbeat_at": "2000-01-01T00:00:00Z", "attempts": 3, "max_attempts": 3,
+    "credits_charged": 100000, "error_code": "forged", "refunded_at": "2000-01-01T00:00:00Z",
+    "run_after": "2000-01-01T00:00:00Z",
+}
+WORKER_DEFAULTS: dict[str, Any] = {
+    "attempts": 0, "max_attempts": 3, "locked_by": None, "locked_until": None,
+    "heartbeat_at": None, "error_code": None, "credits_charged": 1, "refunded_at": None,
+}
+RESULT = {"model": "gemini-test", "cost_cents": 4, "assets": [
+    {"kind": "pdf", "storage_path": "u/j/coloring_page.pdf", "bytes": 20, "width": None,
+     "height": None, "hash": "def"}]}
+
+
+def signed_in(devstack: Devstack, user: uuid.UUID) -> AbstractAsyncContextManager[AsyncClient]:
+    return supabase_client(devstack.url, devstack.keys.make("authenticated", sub=str(user)))
+
+
+def worker_columns(row: asyncpg.Record) -> dict[str, Any]:
+    return {name: row[name] for name in WORKER_DEFAULTS}
+
+
+async def credit_events(conn: asyncpg.Connection, user: uuid.UUID) -> int:
+    count: int = await conn.fetchval(
+        "select count(*) from public.credit_events where user_id = $1", user)
+    return count
+
+
+async def test_a_user_cannot_forge_worker_columns_to_mint_credits(
+        devstack: Devstack, supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
+    user = await make_user(conn, balance=10)
+    async with signed_in(devstack, user) as client:
+        created = await client.table("jobs").insert({"user_id": str(user), **FORGED}).execute()
+    job_id = uuid.UUID(rows(created.data)[0]["id"])
+
+    reaped = await supabase_service.rpc("worker_reap_expired", {"p_limit": 100}).execute()
+    assert await balance(conn, user) == 10
+    assert await credit_events(conn, user) == 0
+    assert reaped.data == 0  # no lease, so nothing to reap and nothing to refund
+    stored = await job(conn, job_id)
+    assert worker_columns(stored) == WORKER_DEFAULTS
+    assert stored["run_after"] == stored["created_at"]  # now(), not the forged past
+    assert stored["status"] == "running"  # the app's column stays the app's business
+
+
+async def test_a_user_cannot_buy_unbounded_retries_or_a_bigger_refund(
+        devstack: Devstack, supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
+    user = await make_user(conn, balance=10)
+    forged = {**FORGED, "status": "queued", "max_attempts": 1000, "attempts": -5}
+    async with signed_in(devstack, user) as client:
+        created = await client.table("jobs").insert({"user_id": str(user), **forged}).execute()
+    job_id = uuid.UUID(rows(created.data)[0]["id"])
+    assert worker_columns(await job(conn, job_id)) == WORKER_DEFAULTS
+
+    for attempt in (1, 2, 3):
+        claimed = await supabase_service.rpc("worker_claim_job", {
+            "p_job_id": str(job_id), "p_worker": "w", "p_lease_seconds": 60}).execute()
+        assert [r["id"] for r in rows(claimed.data)] == [str(job_id)]
+        if attempt < 3:
+            failed = await supabase_service.rpc("worker_fail_job", {
+                "p_job_id": str(job_id), "p_worker": "w", "p_error": "e", "p_error_code": "c",
+                "p_retry_in_seconds": 0}).execute()
+            assert failed.data == "queued"
+    await conn.execute("update public.jobs set locked_until = now() - interval '1 s' where id = $1",
+                       job_id)
+    reaped = await supabase_service.rpc("worker_reap_expired", {"p_limit": 100}).execute()
+    assert reaped.data == 1  # the third attempt was the last, as for any job
+    row = await job(conn, job_id)
+    assert (row["status"], row["attempts"], row["credits_charged"]) == ("failed", 3, 1)
+    assert row["error_code"] == "lease_expired" and row["refunded_at"] is not None
+    # The refund is the credit the app charges for a job, never an amount the user chose.
+    assert await balance(conn, user) == 11
+    assert await refunds(conn, job_id) == 1
+
+
+async def test_a_users_own_job_is_claimed_and_completed_normally(
+        devstack: Devstack, supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
+    user = await make_user(conn)
+    async with signed_in(devstack, user) as client:
+        created = await client.table("jobs").insert(
+            {"user_id": str(user), "params_json": {"text_prompt": "a cat"}}).execute()
+    job_id = uuid.UUID(rows(created.data)[0]["id"])
+    assert worker_columns(await job(conn, job_id)) == WORKER_DEFAULTS
+
+    claimed = await supabase_service.rpc("worker_claim_jobs", CLAIM_ARGS).execute()
+    assert [r["id"] for r in rows(claimed.data)] == [str(job_id)]
+    beat = await supabase_service.rpc("worker_heartbeat", {
+        "p_job_id": str(job_id), "p_worker": "w", "p_lease_seconds": 60}).execute()
+    assert beat.data is True
+    running = await job(conn, job_id)
+    assert (running["status"], running["attempts"], running["locked_by"]) == ("running", 1, "w")
+    assert running["locked_until"] is not None and running["heartbeat_at"] is not None
+    done = await supabase_service.rpc("worker_complete_job", {
+        "p_job_id": str(job_id), "p_worker": "w", "p_result": RESULT}).execute()
+    assert done.data is True
+    finished = await job(conn, job_id)
+    assert (finished["status"], finished["model"], finished["cost_cents"]) == ("succeeded", "gemini-test", 4)
+    assert await conn.fetchval("select count(*) from public.assets where user_id = $1", user) == 1
+
+
+async def test_a_user_update_cannot_change_worker_columns(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
+    # The app grants no UPDATE policy today; the guard must hold if it ever does.
+    await conn.execute("""create policy "test: users update own jobs" on public.jobs for update
+                          to authenticated using (user_id = auth.uid())""")
+    user = await make_user(conn)
+    job_id = await insert_job(conn, user)
+    before = await job(conn, job_id)
+    async with signed_in(devstack, user) as client:
+        changes = {k: v for k, v in FORGED.items() if k != "params_json"}
+        updated = await client.table("jobs").update(
+            {**changes, "status": "failed"}).eq("id", str(job_id)).execute()
+    assert len(rows(updated.data)) == 1
+    after = await job(conn, job_id)
+    assert after["status"] == "failed"  # the app's columns are untouched by the guard
+    assert worker_columns(after) == worker_columns(before)
+    assert after["run_after"] == before["run_after"]
+
+
+async def test_service_role_sets_worker_columns(
+        supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
+    user = await make_user(conn)
+    created = await supabase_service.table("jobs").insert({
+        "user_id": str(user), "params_json": {"text_prompt": "a cat"}, "credits_charged": 0,
+        "max_attempts": 5, "run_after": "2000-01-01T00:00:00Z"}).execute()
+    job_id = uuid.UUID(rows(created.data)[0]["id"])
+    row = await job(conn, job_id)
+    assert (row["credits_charged"], row["max_attempts"], row["run_after"].year) == (0, 5, 2000)
+    await supabase_service.table("jobs").update({"credits_charged": 2}).eq("id", str(job_id)).execute()
+    assert (await job(conn, job_id))["credits_charged"] == 2
+
+
+async def test_devstack_adds_the_guard_to_a_database_migrated_before_it(
+        empty_db: Database, tmp_path: Path) -> None:
+    conn = await asyncpg.connect(empty_db.dsn)
+    try:
+        await postgres.install_schema(conn)
+        await conn.execute("""
+            drop trigger jobs_guard_worker_columns on public.jobs;
+            drop function public.worker_guard_job_columns();
+            delete from realtime_worker.schema_migrations where version = '0003'""")
+        async with running(database_dsn=empty_db.dsn, data_dir=tmp_path / "devstack") as stack:
+            applied = await conn.fetch("select version from realtime_worker.schema_migrations")
+            assert "0003" in {r["version"] for r in applied}
+            assert all(a.skipped for a in await migrate.apply(conn))
+            user = await make_user(conn)
+            async with signed_in(stack, user) as client:
+                created = await client.table("jobs").insert({"user_id": str(user), **FORGED}).execute()
+        assert worker_columns(await job(conn, uuid.UUID(rows(created.data)[0]["id"]))) == WORKER_DEFAULTS
+    finally:
+        await conn.close()
 
 
 async def test_rls_a_user_cannot_download_another_users_objects(

@@ -31,6 +31,7 @@ CONTRACT = {
     "worker_reap_expired": ("p_limit integer", "integer"),
 }
 API_ROLES = ("anon", "authenticated")
+GUARD_TRIGGER = "jobs_guard_worker_columns"
 NEW_JOB_COLUMNS = {
     "attempts", "max_attempts", "run_after", "locked_by", "locked_until", "heartbeat_at",
     "error_code", "credits_charged", "refunded_at",
@@ -154,6 +155,23 @@ async def test_only_service_role_may_execute_worker_functions(conn: asyncpg.Conn
         assert row["service_role"] == (row["proname"] in CONTRACT), row["fn"]
 
 
+async def test_worker_columns_guard_runs_as_the_caller_on_every_write(
+        conn: asyncpg.Connection) -> None:
+    row = await conn.fetchrow("""
+        select pg_get_triggerdef(t.oid) as definition, t.tgenabled::text, p.prosecdef, p.proconfig,
+               p.proacl::text[] as acl
+        from pg_trigger t join pg_proc p on p.oid = t.tgfoid
+        where t.tgrelid = 'public.jobs'::regclass and t.tgname = $1""", GUARD_TRIGGER)
+    assert row is not None
+    assert "BEFORE INSERT OR UPDATE ON public.jobs FOR EACH ROW" in row["definition"]
+    assert row["tgenabled"] == "O"
+    # Invoker, so that current_user is the API role of the request, with a fixed search_path.
+    assert not row["prosecdef"]
+    assert row["proconfig"] == ["search_path=public, pg_temp"]
+    assert not any(entry.startswith(("=", "anon=", "authenticated=", "service_role="))
+                   for entry in row["acl"]), row["acl"]
+
+
 async def test_publication_and_partial_indexes(conn: asyncpg.Connection) -> None:
     assert await conn.fetchval("""
         select count(*) from pg_publication_tables
@@ -247,8 +265,9 @@ async def test_migration_onto_existing_rows_changes_nothing_existing(empty_db: D
         await migrate.apply(conn)
         after = await snapshot(conn)
         assert restricted(after, before) == before
-        for kind in ("enums", "policies", "triggers", "tables"):
+        for kind in ("enums", "policies", "tables"):
             assert after[kind] == before[kind], kind
+        assert after["triggers"].keys() - before["triggers"].keys() == {f"jobs.{GUARD_TRIGGER}"}
         assert await table_rows(conn, columns) == rows_before
 
         added = {k.split(".")[1] for k in after["columns"].keys() - before["columns"].keys()
