@@ -10,15 +10,16 @@ import argparse
 import functools
 import importlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
 import anyio
 import asyncpg
+from loguru import logger
 
 from realtime_worker import config, logs, migrate, sql, submit
-from realtime_worker.errors import AdapterError, ConfigError, WorkerError
+from realtime_worker.errors import ConfigError, WorkerError
 
 DEFAULT_PROCESSOR = "realtime_worker.pipeline:open_pipeline"
 
@@ -64,8 +65,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     from realtime_worker.worker import Worker  # after the settings: a bad value fails fast
 
     worker = Worker(worker_settings(args), args.processor, owns_process=True)
-    anyio.run(functools.partial(worker.run, once=args.once))
+    try:
+        anyio.run(functools.partial(worker.run, once=args.once))
+    except (Exception, BaseExceptionGroup) as exc:
+        return _worker_failed(exc)
     return 0
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _worker_failed(exc: BaseException) -> int:
+    """A failed ``run``: the worker's task group wraps what it raised in an exception group.
+
+    A WorkerError inside goes on to :func:`main`, reported like one raised at start (a bad
+    ``--processor`` is a configuration error). Anything else is a crash, logged once through the
+    configured sink (JSON with ``severity``, secrets redacted) instead of a bare traceback.
+    """
+    leaves = list(_leaves(exc))
+    error = next((leaf for leaf in leaves if isinstance(leaf, WorkerError)), None)
+    if error is not None:
+        raise error from error.__cause__
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        raise KeyboardInterrupt from None
+    summary = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
+    shown = leaves[0] if len(leaves) == 1 else exc  # its traceback starts where the bug is
+    logger.opt(exception=shown).bind(event="worker_crashed").critical(f"worker crashed: {summary}")
+    return 1
 
 
 def _add_run(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -86,10 +118,7 @@ def _database_url() -> str:
 
 
 async def _with_connection(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
-    try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise AdapterError(f"cannot connect to DATABASE_URL: {type(exc).__name__}") from exc
+    conn = await migrate.connect(dsn)
     try:
         return await work(conn)
     finally:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from realtime_worker import sql
-from realtime_worker.errors import AdapterError
+from realtime_worker.errors import AdapterError, ConfigError, WorkerError
 
 _LOCK_KEY = 0x5277_6B72  # "Rwkr"
 
@@ -50,12 +50,29 @@ async def _apply_one(conn: asyncpg.Connection, migration: sql.Migration, *, skip
     return Applied(migration.version, migration.name, skipped=skip)
 
 
+BAD_URL = ("configuration error: DATABASE_URL is not a valid postgresql:// URL ({kind}); if the"
+           " password holds '/', '#', '?' or '@', percent-encode them as %2F, %23, %3F, %40")
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """Connect to DATABASE_URL; a failure names the problem but never the URL or any part of it.
+
+    asyncpg's own messages quote pieces of the URL (a misparsed password becomes the port, the
+    database or a query field), so the library error is left out of the cause chain the CLI
+    prints: only its type is kept.
+    """
+    try:
+        return await asyncpg.connect(dsn)
+    except ValueError as exc:  # asyncpg could not parse the URL (or an option in it)
+        error: WorkerError = ConfigError(BAD_URL.format(kind=type(exc).__name__))
+    except Exception as exc:  # refused, unreachable, time-out, rejected password, no such database
+        error = AdapterError(f"cannot connect to DATABASE_URL: {type(exc).__name__}")
+    raise error from None
+
+
 async def migrate(dsn: str, *, force: bool = False) -> list[Applied]:
     """Connect to ``dsn`` and apply the migrations."""
-    try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise AdapterError(f"cannot connect to DATABASE_URL: {type(exc).__name__}") from exc
+    conn = await connect(dsn)
     try:
         return await apply(conn, force=force)
     finally:

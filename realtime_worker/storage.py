@@ -18,7 +18,14 @@ from realtime_worker.errors import StorageError
 from realtime_worker.paths import ObjectPath
 
 _LIBRARY_ERRORS = (StorageApiError, httpx.HTTPError, OSError, ValueError)
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Every 5xx is temporary: storage-api's own (544 is its DatabaseTimeout) and Cloudflare's in
+# front of it (520, 522, 524 reach us as an unparsable page with that status). Below 500 only
+# a time-out, an object locked by a concurrent upload (423) and a rate limit are.
+TRANSIENT_STATUSES = frozenset({408, 423, 429})
+FIRST_SERVER_STATUS = 500
+# storage-api's error codes (storage3's ``code``) for trouble a later attempt can get past.
+TRANSIENT_CODES = frozenset({"DatabaseTimeout", "DatabaseConnectionLimit", "LockTimeout",
+                             "ResourceLocked", "SlowDown"})
 NOT_FOUND_CODES = frozenset({"not_found", "NoSuchKey", "NoSuchBucket", "Bucket not found"})
 
 
@@ -74,9 +81,16 @@ def _api_error(exc: StorageApiError, where: str) -> StorageError:
     detail = f"{where} failed: {status} {exc.code}: {exc.message}"
     if status == 404 or exc.code in NOT_FOUND_CODES:
         return ObjectNotFound(detail)
-    if status in TRANSIENT_STATUSES:
+    if is_transient(status, exc.code):
         return StorageUnavailable(detail)
     return StorageError(detail)
+
+
+def is_transient(status: int | None, code: str | None) -> bool:
+    """Whether a Storage error answer (its HTTP status, its storage-api code) is worth a retry."""
+    if code in TRANSIENT_CODES or status in TRANSIENT_STATUSES:
+        return True
+    return status is not None and status >= FIRST_SERVER_STATUS
 
 
 def _status(value: object) -> int | None:

@@ -204,8 +204,11 @@ async def test_unavailable_requeues_with_backoff(devstack: Devstack, conn: async
     assert 1 < await seconds_until_retry(conn, job_id) <= 8  # first backoff: 5 s +- 50 %
 
 
-async def test_storage_outage_requeues(devstack: Devstack, conn: asyncpg.Connection) -> None:
-    devstack.faults.update({"storage_error_fraction": 1.0, "storage_error_status": 503})
+# 544: storage-api's DatabaseTimeout; 423: an object locked by a concurrent upload; 522: Cloudflare
+# could not reach Storage. Each is temporary: the job waits for a retry and keeps its credit.
+@pytest.mark.parametrize("status", [503, 544, 423, 522])
+async def test_storage_outage_requeues(devstack: Devstack, conn: asyncpg.Connection, status: int) -> None:
+    devstack.faults.update({"storage_error_fraction": 1.0, "storage_error_status": status})
     user = await make_user(conn, START_BALANCE)
     job_id = await insert_job(conn, user)
     await run_worker_once(devstack)

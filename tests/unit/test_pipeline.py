@@ -466,6 +466,17 @@ class FakeClient:
     (StorageApiError("Bucket not found", "Bucket not found", "404"), ObjectNotFound),
     (StorageApiError("Injected fault", "InternalError", "503"), StorageUnavailable),
     (StorageApiError("Unable to parse", "InternalError", 502), StorageUnavailable),
+    # storage-api's own temporary answers: a database time-out, an object locked by a concurrent
+    # upload, a request rate to slow down (the code alone marks it, whatever the status says).
+    (StorageApiError("The connection to the database timed out", "DatabaseTimeout", "544"),
+     StorageUnavailable),
+    (StorageApiError("The resource is locked", "ResourceLocked", "423"), StorageUnavailable),
+    (StorageApiError("Please reduce your request rate", "SlowDown", "400"), StorageUnavailable),
+    # Cloudflare in front of Storage: an HTML page storage3 cannot parse, with its own status.
+    (StorageApiError("Unable to parse error message: <html>error code: 522</html>", "InternalError",
+                     522), StorageUnavailable),
+    (StorageApiError("Unable to parse error message: <html>error code: 520</html>", "InternalError",
+                     520), StorageUnavailable),
     (httpx.ConnectError("refused"), StorageUnavailable),
     (httpx.ReadTimeout("slow"), StorageUnavailable),
     (StorageApiError("new row violates row-level security policy", "Unauthorized", "403"), StorageError),
