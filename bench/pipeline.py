@@ -95,6 +95,9 @@ class TimedStorage:
         await self._inner.upload(path, data, content_type)
         self._samples["uploads"][job_id] = (time.perf_counter() - first) * 1000
 
+    async def remove(self, path: ObjectPath) -> None:
+        await self._inner.remove(path)
+
 
 class TimedGenerator:
     """The Generator port, timing each generation (the fake Gemini draws its page here)."""

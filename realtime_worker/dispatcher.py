@@ -16,6 +16,12 @@ is not written. The lease counts from when the last renewal that succeeded was *
 stops no later than the database could hand its job to someone else, even while renewals hang.
 Final states are written in shielded, time-limited scopes so cancellation can never leave a job
 half-recorded.
+
+When Gemini refuses the worker's own configuration (:class:`ConfigurationJobError`: a bad or
+revoked key, lapsed billing, a region, a retired model), the job is not at fault and every other
+job would fail the same way. So the job is given back (the attempt not counted, nothing refunded)
+and :class:`ConfigBreaker` stops all claiming for a cool-down that doubles while the refusals go
+on; running jobs go on. When the cool-down ends the dispatcher wakes itself and claims again.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
-from realtime_worker.errors import JobError, QueueError, RetryableJobError
+from realtime_worker.errors import ConfigurationJobError, JobError, QueueError, RetryableJobError
 from realtime_worker.jobs import Backoff, Job, JobResult, lease_owner, retry_delay
 from realtime_worker.metrics import Metrics
+from realtime_worker.pause import ConfigBreaker, PauseSettings, PauseStatus
 from realtime_worker.queue import JobQueue
 
 Outcome = JobResult | JobError
@@ -66,6 +73,7 @@ class DispatcherSettings:
     backoff: Backoff = field(default_factory=Backoff)
     hint_buffer: int = 1024
     write_timeout_seconds: float = 5.0
+    config_pause: PauseSettings = field(default_factory=PauseSettings)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class JobRun:
     source: str
     owner: str
     owned_until: float  # monotonic: the lease may have run out from here on
+    claimed_at: float  # monotonic: when its claim was sent
     started: float = field(default_factory=time.monotonic)
     scope: anyio.CancelScope | None = None
     stop_reason: str | None = None
@@ -124,11 +133,18 @@ class Dispatcher:
         self._tg: TaskGroup | None = None
         self._process_token = secrets.token_hex(4)
         self._claim_numbers = itertools.count(1)
+        self._breaker = ConfigBreaker(settings.config_pause)
+        self._serving = False  # run(), not drain(): the end of a pause wakes the loop
+        self._resume: anyio.CancelScope | None = None
         self.last_tick = time.monotonic()
 
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    def pause_status(self) -> PauseStatus | None:
+        """The pause after a configuration error, while it lasts."""
+        return self._breaker.status()
 
     def wake(self, job_id: UUID | None = None, source: str = "sweep") -> None:
         """Ask for a claim; never blocks, never raises (safe from any callback)."""
@@ -145,7 +161,7 @@ class Dispatcher:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve wake-ups until :meth:`shutdown`; returns when every job has ended."""
         async with anyio.create_task_group() as tg:
-            self._tg = tg
+            self._tg, self._serving = tg, True
             task_status.started()
             async with self._receive:
                 async for wakeup in self._receive:
@@ -175,6 +191,8 @@ class Dispatcher:
         """
         self._stopping = True
         self._send.close()
+        if self._resume is not None:
+            self._resume.cancel()
         with anyio.move_on_after(self._s.shutdown_grace_seconds):
             await self._claims_answered.wait()
             await self.wait_idle()
@@ -205,7 +223,7 @@ class Dispatcher:
             await self._fill(fills[0])
 
     async def _claim_hinted(self, job_id: UUID) -> None:
-        if self._stopping:
+        if self._stopping or self._breaker.paused:
             return
         if not self._slots.take():
             self._maybe_more = True
@@ -224,7 +242,7 @@ class Dispatcher:
     async def _fill(self, source: str) -> int:
         """Claim due jobs into every free slot; returns how many were claimed."""
         claimed = 0
-        while not self._stopping:
+        while not self._stopping and not self._breaker.paused:
             wanted = self._slots.take(self._slots.free)
             if wanted == 0:
                 self._maybe_more = True
@@ -265,7 +283,7 @@ class Dispatcher:
         if job.created_at is not None:
             pickup = (datetime.now(UTC) - job.created_at).total_seconds()
             self._metrics.pickup.observe(max(pickup, 0.0))
-        run = JobRun(job, source, claim.owner, claim.sent + self._s.lease_seconds)
+        run = JobRun(job, source, claim.owner, claim.sent + self._s.lease_seconds, claim.sent)
         if self._grace_over:  # claimed before the shutdown, answered after its grace period
             run.stop("shutdown")
         stale = self._running.get(job.id)
@@ -303,6 +321,8 @@ class Dispatcher:
             with anyio.move_on_after(self._s.write_timeout_seconds, shield=True):
                 await self._release(run, "cancelled")
             raise
+        if outcome is not None:  # even when the lease is lost: it still tells about Gemini
+            self._judge(run, outcome)
         with anyio.move_on_after(self._s.write_timeout_seconds, shield=True):
             if run.stop_reason == "lease_lost":  # even with an outcome: the job is not ours now
                 self._metrics.released.labels("lease_lost").inc()
@@ -375,6 +395,8 @@ class Dispatcher:
             try:
                 if isinstance(outcome, JobResult):
                     await self._complete(run, outcome)
+                elif isinstance(outcome, ConfigurationJobError):
+                    await self._give_back(run, outcome)
                 else:
                     await self._fail(run, outcome)
                 return
@@ -405,6 +427,51 @@ class Dispatcher:
             log.bind(event="job_failed").warning(f"job failed: {error.user_message}")
         else:
             log.bind(event="job_fail_refused").warning("failure not recorded: lease lost")
+
+    async def _give_back(self, run: JobRun, error: ConfigurationJobError) -> None:
+        """Not the job's fault: back to the queue, the attempt not counted, nothing refunded."""
+        log = self._log(run).bind(error_code=error.code)
+        if await self._queue.release(run.job.id, run.owner):
+            self._metrics.released.labels("config_error").inc()
+            log.bind(event="job_released", reason="config_error").info(
+                "given back: Gemini refused the worker's configuration")
+        else:
+            log.bind(event="job_release_refused").warning("give-back refused: lease lost")
+
+    def _judge(self, run: JobRun, outcome: Outcome) -> None:
+        """Tell the breaker: a configuration error pauses claiming, any other outcome resets it."""
+        if not isinstance(outcome, ConfigurationJobError):
+            self._breaker.clear(run.claimed_at)
+            return
+        cool_down = self._breaker.trip(outcome.code, run.claimed_at)
+        if cool_down is None:  # a run claimed before the pause began: part of it
+            return
+        self._metrics.config_pauses.labels(outcome.code).inc()
+        self._log(run).bind(event="claims_paused", error_code=outcome.code,
+                            cool_down_seconds=cool_down, in_flight=len(self._running)).critical(
+            f"Gemini refused the worker's configuration ({outcome.code}): no claims for "
+            f"{cool_down:g} s; queued jobs wait and nothing is refunded. Fix the API key, "
+            "billing, region or GEMINI_MODEL")
+        self._schedule_resume(cool_down)
+
+    def _schedule_resume(self, cool_down: float) -> None:
+        """While serving, wake the loop when this pause ends (``drain`` just returns).
+
+        The latest pause's timer replaces an earlier one; shutdown cancels it.
+        """
+        if not self._serving or self._stopping or self._tg is None:
+            return
+        if self._resume is not None:
+            self._resume.cancel()
+        self._resume = anyio.CancelScope()
+        self._tg.start_soon(self._resume_after, self._resume, cool_down, name="resume after pause")
+
+    async def _resume_after(self, scope: anyio.CancelScope, cool_down: float) -> None:
+        with scope:
+            await anyio.sleep(cool_down)  # started after the trip: ends no earlier than the pause
+            logger.bind(event="claims_resumed", worker=self._s.worker_id).info(
+                "the pause is over: claiming again")
+            self.wake(None, "resume")
 
     async def _release(self, run: JobRun, reason: str) -> None:
         try:

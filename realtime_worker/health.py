@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from aiohttp import web
@@ -16,6 +17,13 @@ from anyio.abc import TaskStatus
 from loguru import logger
 
 from realtime_worker.metrics import Metrics
+
+if TYPE_CHECKING:
+    from realtime_worker.pause import PauseStatus
+
+
+def _no_config_pause() -> PauseStatus | None:
+    return None
 
 
 @dataclass
@@ -27,7 +35,9 @@ class HealthState:
     stale_after_seconds: float = 60.0
     realtime_required: bool = False
     realtime_subscribed: bool = False
-    paused: bool = False
+    paused: bool = False  # PAUSE_WORKER: set by the operator, claims nothing at all
+    # The dispatcher's pause after Gemini refused the worker's configuration (while it lasts).
+    config_pause: Callable[[], PauseStatus | None] = _no_config_pause
     database_ok_at: float | None = None
     database_check: Callable[[], Awaitable[None]] | None = None
     database_fresh_seconds: float = 30.0
@@ -63,8 +73,11 @@ def build_app(state: HealthState, metrics: Metrics) -> web.Application:
         checks = {"database": await state.database_ok()}
         if state.realtime_required:
             checks["realtime"] = state.realtime_subscribed
+        pause = state.config_pause()
+        checks["gemini_config"] = pause is None
         ok = all(checks.values())
-        body = {"ready": ok, "mode": state.mode, "paused": state.paused, "checks": checks}
+        body = {"ready": ok, "mode": state.mode, "paused": state.paused,
+                "config_pause": _pause_json(pause), "checks": checks}
         return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_text(_: web.Request) -> web.Response:
@@ -75,6 +88,14 @@ def build_app(state: HealthState, metrics: Metrics) -> web.Application:
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_text)
     return app
+
+
+def _pause_json(pause: PauseStatus | None) -> dict[str, Any] | None:
+    if pause is None:
+        return None
+    return {"reason": pause.reason, "error_code": pause.error_code,
+            "resumes_in_seconds": round(pause.resumes_in_seconds, 1),
+            "cool_down_seconds": pause.cool_down_seconds, "consecutive": pause.consecutive}
 
 
 async def serve(state: HealthState, metrics: Metrics, host: str, port: int,

@@ -78,13 +78,14 @@ class Thumbnail:
     height: int
 
 
-def unreadable_input() -> PermanentJobError:
-    return PermanentJobError("The uploaded photo could not be read", code="input_unreadable")
+def unreadable_input(name: str = "uploaded photo") -> PermanentJobError:
+    """``name`` is what the input is to the user (the pipeline passes one per job kind)."""
+    return PermanentJobError(f"The {name} could not be read", code="input_unreadable")
 
 
-def input_too_large() -> PermanentJobError:
+def input_too_large(name: str = "uploaded photo") -> PermanentJobError:
     return PermanentJobError(
-        f"The uploaded photo is too large (at most {MAX_INPUT_PIXELS // 1_000_000} megapixels)",
+        f"The {name} is too large (at most {MAX_INPUT_PIXELS // 1_000_000} megapixels)",
         code="input_too_large",
     )
 

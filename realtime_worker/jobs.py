@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Mapping
@@ -73,7 +74,9 @@ class Job:
     id: UUID
     user_id: UUID
     status: JobStatus
-    params: Mapping[str, Any]
+    # ``params_json`` as stored: an object when the app behaves, any JSON value when it does not
+    # (``parse_params`` names the problem). ``Any`` keeps ``params.get`` for the scripted processor.
+    params: Any
     attempts: int
     max_attempts: int
     created_at: datetime | None = None
@@ -81,12 +84,11 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
-        params = row.get("params_json")
         return cls(
             id=_uuid(row["id"]),
             user_id=_uuid(row["user_id"]),
             status=JobStatus(row["status"]),
-            params=params if isinstance(params, Mapping) else {},
+            params=row.get("params_json"),
             attempts=int(row.get("attempts") or 0),
             max_attempts=int(row.get("max_attempts") or 3),
             created_at=_time(row.get("created_at")),
@@ -177,10 +179,37 @@ def decide_kind(edit_parent: UUID | None, edit_prompt: str | None, text: str | N
     raise invalid("The job has nothing to draw: give a text prompt, a photo or an edit.")
 
 
-def parse_params(params: Mapping[str, Any]) -> JobRequest:
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
+
+
+def _not_an_object(params: object) -> PermanentJobError:
+    """The error for a ``params_json`` that is not an object; names a double-encoded one.
+
+    A JSON string holding an object (supabase-js ``params_json: JSON.stringify({...})``) is
+    refused, not decoded: the row is wrong for every other reader of ``jobs`` too.
+    """
+    if isinstance(params, str):
+        try:
+            decoded = json.loads(params)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            return invalid("The job parameters arrived as a JSON string instead of an object"
+                           " (encoded twice?).")
+    return invalid(f"The job parameters are not an object (got {_json_type(params)}).")
+
+
+def parse_params(params: object) -> JobRequest:
     """Validate ``params_json``; anything invalid is a permanent error a user can read."""
     if not isinstance(params, Mapping):
-        raise invalid("The job parameters are not an object.")
+        raise _not_an_object(params)
     text, asset = _text(params, "text_prompt"), _id(params, "asset_id")
     parent, edit_prompt = _id(params, "edit_parent_id"), _text(params, "edit_prompt")
     source = _id(params, "edit_source_asset_id")

@@ -25,6 +25,10 @@ class Metrics:
                                ["code"], registry=r)
         self.released = Counter("worker_jobs_released", "Jobs given back unfinished, by reason",
                                 ["reason"], registry=r)
+        self.config_pauses = Counter(
+            "worker_config_pauses",
+            "Claiming paused because Gemini refused the worker's configuration, by error code",
+            ["code"], registry=r)
         self.in_flight = Gauge("worker_jobs_in_flight", "Jobs running now", registry=r)
         self.duration = Histogram("worker_job_duration_seconds", "Claim to final state",
                                   buckets=_DURATION_BUCKETS, registry=r)

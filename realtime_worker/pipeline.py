@@ -2,8 +2,9 @@
 
 One job: parse ``params_json`` → load the input photo or page (asset row, then Storage) →
 prepare it (thread) → compose the prompt → generate (Gemini) → clean line art, thumbnail and
-PDF (thread) → upload the three outputs concurrently → the :class:`JobResult` the dispatcher
-hands to ``worker_complete_job``. Every failure is a ``JobError``: bad input is permanent
+PDF (thread) → upload the three outputs concurrently (when one fails, remove the others this
+attempt uploaded, best effort) → the :class:`JobResult` the dispatcher hands to
+``worker_complete_job``. Every failure is a ``JobError``: bad input is permanent
 with a message a user can read, outages of Storage or the database are retryable.
 
 :func:`open_pipeline` is the processor factory: one Gemini client and one CPU limiter per
@@ -67,7 +68,11 @@ def input_not_found(kind: JobKind) -> PermanentJobError:
 
 
 def input_unreadable(kind: JobKind) -> PermanentJobError:
-    return PermanentJobError(f"The {_INPUT_NAMES[kind]} could not be read", code="input_unreadable")
+    return imaging.unreadable_input(_INPUT_NAMES[kind])
+
+
+def input_too_large(kind: JobKind) -> PermanentJobError:
+    return imaging.input_too_large(_INPUT_NAMES[kind])
 
 
 def storage_failure(exc: StorageError, action: str) -> JobError:
@@ -122,6 +127,8 @@ def prepare_input(data: bytes, kind: JobKind) -> bytes:
     except PermanentJobError as exc:
         if exc.code == imaging.unreadable_input().code:
             raise input_unreadable(kind) from exc
+        if exc.code == imaging.input_too_large().code:
+            raise input_too_large(kind) from exc
         raise
 
 
@@ -234,22 +241,44 @@ class Pipeline:
     async def _upload(self, job: Job, outputs: tuple[Output, ...],
                       log: Logger) -> tuple[AssetRecord, ...]:
         placed = [(o, paths.output_path(o.kind, job.user_id, job.id)) for o in outputs]
+        uploaded: list[ObjectPath] = []
         failures: list[StorageError] = []
         started = time.monotonic()
         async with anyio.create_task_group() as tg:
             for output, path in placed:
-                tg.start_soon(self._put, output, path, failures)
+                tg.start_soon(self._put, output, path, uploaded, failures)
         if failures:
+            await self._remove(uploaded, log)
             raise storage_failure(failures[0], "upload") from failures[0]
         log.bind(event="outputs_uploaded",
                  upload_ms=round((time.monotonic() - started) * 1000)).info("outputs uploaded")
         return tuple(output.record(path) for output, path in placed)
 
-    async def _put(self, output: Output, path: ObjectPath, failures: list[StorageError]) -> None:
+    async def _put(self, output: Output, path: ObjectPath, uploaded: list[ObjectPath],
+                   failures: list[StorageError]) -> None:
         try:
             await self._storage.upload(path, output.data, output.content_type)
         except StorageError as exc:
             failures.append(exc)
+        else:
+            uploaded.append(path)
+
+    async def _remove(self, uploaded: list[ObjectPath], log: Logger) -> None:
+        """Best effort: no half set of outputs of a failed job where the app looks for them.
+
+        A removal that fails is logged; the upload's error is the one the job fails with.
+        """
+        removed = 0
+        for path in uploaded:
+            try:
+                await self._storage.remove(path)
+            except StorageError as exc:
+                log.bind(event="upload_cleanup_failed", path=path.qualified).warning(
+                    "could not remove an output of the failed upload: {}", exc)
+            else:
+                removed += 1
+        log.bind(event="upload_cleaned_up", removed=removed, uploaded=len(uploaded)).info(
+            "removed {} of {} outputs the failed upload left", removed, len(uploaded))
 
     def _result(self, generated: GeneratedImage, records: tuple[AssetRecord, ...],
                 log: Logger) -> JobResult:

@@ -1,4 +1,4 @@
-"""Supabase Storage behind one port: download inputs, upload outputs.
+"""Supabase Storage behind one port: download inputs, upload outputs, remove outputs.
 
 :class:`Storage` is what the pipeline uses; :class:`SupabaseStorage` is the real adapter over
 the official async client. storage3 and transport errors are translated here, at the
@@ -42,6 +42,10 @@ class Storage(Protocol):
 
     async def upload(self, path: ObjectPath, data: bytes, content_type: str) -> None: ...
 
+    async def remove(self, path: ObjectPath) -> None:
+        """Delete the object; one that is not there is not an error."""
+        ...
+
 
 class SupabaseStorage:
     """The port over ``client.storage`` of the official Supabase async client."""
@@ -63,6 +67,13 @@ class SupabaseStorage:
                                                                  file_options=options)
         except _LIBRARY_ERRORS as exc:
             raise translate(exc, "upload", path) from exc
+
+    async def remove(self, path: ObjectPath) -> None:
+        # storage-api answers a missing object with an empty list, not an error.
+        try:
+            await self._client.storage.from_(path.bucket).remove([path.name])
+        except _LIBRARY_ERRORS as exc:
+            raise translate(exc, "remove", path) from exc
 
 
 def translate(exc: Exception, action: str, path: ObjectPath) -> StorageError:

@@ -3,7 +3,8 @@
 ``InMemoryQueue`` implements the :class:`~realtime_worker.queue.JobQueue` port with the same
 rules as the SQL functions, for fast tests of the core. ``scripted`` is a processor factory whose
 behaviour each job sets in ``params_json.script``: ``{"duration": 2.5, "fail": "retryable" |
-"permanent" | "crash", "retry_after": 1}``; it is what the worker tests run instead of Gemini
+"permanent" | "config" | "crash", "retry_after": 1}`` (``config``: Gemini refused the worker's
+configuration); it is what the worker tests run instead of Gemini
 (``realtime-worker run --processor realtime_worker.testing:scripted``). With
 ``SCRIPTED_CALL_LOG`` set, every call appends ``<job id> <worker id>`` to that file.
 ``InMemoryStorage`` and ``InMemoryAssets`` implement the Storage and assets ports of the
@@ -25,7 +26,12 @@ import anyio.lowlevel
 
 from realtime_worker.assets import AssetLookupError, AssetRow
 from realtime_worker.dispatcher import Processor
-from realtime_worker.errors import PermanentJobError, RetryableJobError, StorageError
+from realtime_worker.errors import (
+    ConfigurationJobError,
+    PermanentJobError,
+    RetryableJobError,
+    StorageError,
+)
 from realtime_worker.jobs import AssetKind, Job, JobResult, JobStatus
 from realtime_worker.paths import ObjectPath
 from realtime_worker.storage import ObjectNotFound, StorageUnavailable
@@ -154,6 +160,8 @@ class ScriptedProcessor:
                                     retry_after=script.get("retry_after"))
         if fail == "permanent":
             raise PermanentJobError("Scripted permanent failure", code="scripted_permanent")
+        if fail == "config":
+            raise ConfigurationJobError("Scripted configuration failure", code="scripted_config")
         if fail == "crash":
             raise RuntimeError("scripted crash")
         return JobResult(model="scripted", cost_cents=0)
@@ -168,7 +176,7 @@ async def scripted(context: WorkerContext) -> AsyncIterator[Processor]:
 class InMemoryStorage:
     """The Storage port in memory: objects by (bucket, name) with their content types.
 
-    ``unavailable`` makes every call raise ``StorageUnavailable`` (an outage);
+    ``unavailable`` makes every call (download, upload, remove) raise ``StorageUnavailable``;
     ``refuse_uploads`` makes uploads raise a plain ``StorageError`` (a refusal).
     """
 
@@ -196,6 +204,12 @@ class InMemoryStorage:
         if self.refuse_uploads:
             raise StorageError(f"upload of {path.qualified} failed: 403 AccessDenied")
         self.put(path, data, content_type)
+
+    async def remove(self, path: ObjectPath) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self.unavailable:
+            raise StorageUnavailable(f"remove of {path.qualified} failed: 503")
+        self.objects.pop((path.bucket, path.name), None)
 
 
 class InMemoryAssets:

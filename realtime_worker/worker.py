@@ -27,6 +27,7 @@ from realtime_worker.dispatcher import Dispatcher, DispatcherSettings, Processor
 from realtime_worker.errors import ConfigError
 from realtime_worker.listener import Listener, ListenerSettings
 from realtime_worker.metrics import Metrics
+from realtime_worker.pause import PauseSettings
 from realtime_worker.queue import SupabaseQueue
 
 if TYPE_CHECKING:
@@ -106,8 +107,9 @@ async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient
 class Worker:
     def __init__(self, settings: WorkerSettings, factory: ProcessorFactory | str, *,
                  metrics: Metrics | None = None, listener: ListenerSettings | None = None,
-                 owns_process: bool = False) -> None:
+                 config_pause: PauseSettings | None = None, owns_process: bool = False) -> None:
         self.settings = settings
+        self._config_pause = config_pause or PauseSettings()
         self._owns_process = owns_process
         self.metrics = metrics or Metrics()
         self._factory = factory
@@ -156,6 +158,7 @@ class Worker:
                 self.dispatcher = Dispatcher(queue, processor, self._dispatcher_settings(),
                                              self.metrics)
                 self.health.tick = lambda: self.dispatcher.last_tick if self.dispatcher else 0.0
+                self.health.config_pause = self.dispatcher.pause_status
                 if once:
                     await self._drain(queue, self.dispatcher)
                 else:
@@ -210,7 +213,8 @@ class Worker:
         s = self.settings
         return DispatcherSettings(worker_id=s.worker_id, max_concurrent_jobs=s.max_concurrent_jobs,
                                   lease_seconds=s.lease_seconds,
-                                  shutdown_grace_seconds=s.shutdown_grace_seconds)
+                                  shutdown_grace_seconds=s.shutdown_grace_seconds,
+                                  config_pause=self._config_pause)
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

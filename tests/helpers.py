@@ -22,8 +22,10 @@ async def make_user(conn: asyncpg.Connection, balance: int = 10) -> uuid.UUID:
 
 
 async def insert_job(conn: asyncpg.Connection, user_id: uuid.UUID,
-                     params: dict[str, Any] | None = None, **columns: Any) -> uuid.UUID:
-    """Deduct a credit and insert a queued job, as the app does."""
+                     params: object = None, **columns: Any) -> uuid.UUID:
+    """Deduct a credit and insert a queued job, as the app does.
+
+    ``params`` is any JSON value (the app's mistakes included: a string, an array)."""
     params = params if params is not None else {"text_prompt": "a tiger eating a burger"}
     names = ["user_id", "params_json", *columns]
     values = [user_id, json.dumps(params), *columns.values()]

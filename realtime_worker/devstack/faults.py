@@ -25,6 +25,7 @@ class Faults:
     rest_error_status: int = 503
     storage_error_fraction: float = 0.0
     storage_error_status: int = 503
+    storage_error_path_suffix: str = ""  # when set, only requests whose path ends with it fail
     # Gemini
     gemini_429_fraction: float = 0.0
     gemini_retry_delay_seconds: float = 7.0

@@ -244,7 +244,8 @@ class Storage:
 
     def _handler(self, inner: Any) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
-            if self._faults.chance(self._faults.storage_error_fraction):
+            if (request.path.endswith(self._faults.storage_error_path_suffix)
+                    and self._faults.chance(self._faults.storage_error_fraction)):
                 status = self._faults.storage_error_status
                 return StorageError(status, "InternalError", "Injected fault", http_status=status).response()
             try:

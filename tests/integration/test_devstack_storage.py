@@ -151,3 +151,17 @@ async def test_storage_fault(supabase_service: AsyncClient, devstack: Devstack) 
     assert caught.value.status == "503"
     devstack.faults.reset()
     await bucket.upload(f"{uuid.uuid4()}/x.png", b"png", PNG)
+
+
+async def test_storage_fault_scoped_to_a_path_suffix(supabase_service: AsyncClient,
+                                                     devstack: Devstack) -> None:
+    """With a suffix set, only requests whose path ends with it fail; the rest of Storage works."""
+    devstack.faults.update({"storage_error_fraction": 1.0, "storage_error_status": 413,
+                            "storage_error_path_suffix": "/page.pdf"})
+    bucket, folder = supabase_service.storage.from_("originals"), uuid.uuid4()
+    with pytest.raises(StorageApiError) as caught:
+        await bucket.upload(f"{folder}/page.pdf", b"%PDF-", file_options("application/pdf"))
+    assert caught.value.status == "413"
+    await bucket.upload(f"{folder}/page.png", b"png", PNG)
+    assert await bucket.download(f"{folder}/page.png") == b"png"
+    assert [r["name"] for r in await bucket.remove([f"{folder}/page.png"])] == [f"{folder}/page.png"]

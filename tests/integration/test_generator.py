@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from loguru import logger
 from PIL import Image
 
@@ -334,3 +336,31 @@ async def test_auth_statuses_are_configuration_errors(
     error = await _fails(generator)
     assert isinstance(error, ConfigurationJobError)
     assert error.code == "gemini_auth"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("error", [
+    {"code": 400, "status": "FAILED_PRECONDITION",
+     "message": "User location is not supported for the API use."},
+    {"code": 400, "status": "INVALID_ARGUMENT", "message": "API key expired. Please renew the API key.",
+     "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                  "domain": "googleapis.com"}]},
+])
+async def test_billing_region_and_key_400s_are_configuration_errors(error: dict[str, Any]) -> None:
+    """What the devstack's fake does not send: Google's 400s that blame the worker's setup.
+    They pause the worker's claiming (dispatcher), so the mapping must hold over the real SDK."""
+    async def refuse(_: web.Request) -> web.Response:
+        return web.json_response({"error": error}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/{version}/models/{model_action}", refuse)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    gen = GeminiGenerator(KEY, MODEL, str(server.make_url("/")), timeout_seconds=10)
+    try:
+        failure = await _fails(gen)
+    finally:
+        await gen.aclose()
+        await server.close()
+    assert isinstance(failure, ConfigurationJobError)
+    assert failure.code == "gemini_auth"

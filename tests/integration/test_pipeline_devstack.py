@@ -215,6 +215,58 @@ async def test_storage_outage_requeues(devstack: Devstack, conn: asyncpg.Connect
     await check_requeued(conn, user, job_id, "storage_unavailable")
 
 
+async def job_objects(devstack: Devstack, conn: asyncpg.Connection,
+                      job_id: uuid.UUID) -> tuple[list[str], list[str]]:
+    """The job's objects in Storage: its ``storage.objects`` rows and its files on disk."""
+    rows = await conn.fetch("select bucket_id || '/' || name as path from storage.objects"
+                            " where name like $1", f"%/{job_id}/%")
+    root = devstack.storage.root
+    files = [p.relative_to(root).as_posix() for p in root.rglob("*")
+             if p.is_file() and str(job_id) in p.parts]
+    return sorted(r["path"] for r in rows), sorted(files)
+
+
+def refuse_uploads_of(file: str, status: int) -> dict[str, Any]:
+    """A fault on every Storage request for one output file (its upload, in practice)."""
+    return {"storage_error_fraction": 1.0, "storage_error_status": status,
+            "storage_error_path_suffix": f"/{file}"}
+
+
+# One of the three concurrent uploads fails; the job fails and is refunded, and none of its
+# outputs may stay in Storage where the app would find them.
+@pytest.mark.parametrize(("file", "status", "max_attempts", "error"), [
+    ("coloring_page.pdf", 403, 3, "The page could not be stored"),  # RLS refusal
+    ("edge.png", 413, 3, "The page could not be stored"),  # too large
+    ("thumbnail.png", 503, 1, "File storage is unavailable; the job will be retried"),  # last attempt
+])
+async def test_a_failed_upload_leaves_none_of_the_outputs(
+        devstack: Devstack, conn: asyncpg.Connection, file: str, status: int, max_attempts: int,
+        error: str) -> None:
+    devstack.faults.update(refuse_uploads_of(file, status))
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user, max_attempts=max_attempts)
+    await run_worker_once(devstack)
+    await check_failed_once(conn, user, job_id, error)
+    assert await job_objects(devstack, conn, job_id) == ([], [])
+
+
+async def test_a_temporary_upload_failure_cleans_up_and_the_retry_writes_all_three(
+        devstack: Devstack, conn: asyncpg.Connection, supabase_service: AsyncClient) -> None:
+    devstack.faults.update(refuse_uploads_of("coloring_page.pdf", 503))
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user)
+    await run_worker_once(devstack)
+    await check_requeued(conn, user, job_id, "storage_unavailable")
+    assert await job_objects(devstack, conn, job_id) == ([], [])
+    devstack.faults.reset()
+    await conn.execute("update public.jobs set run_after = now() where id = $1", job_id)
+    await run_worker_once(devstack)
+    await check_succeeded(conn, user, job_id)
+    await check_outputs(supabase_service, conn, user, job_id)
+    expected = sorted(f"{bucket}/{user}/{job_id}/{file}" for bucket, file, _, _ in OUTPUTS.values())
+    assert await job_objects(devstack, conn, job_id) == (expected, expected)
+
+
 async def test_safety_refusal_fails_with_one_refund(devstack: Devstack, conn: asyncpg.Connection) -> None:
     devstack.faults.update({"gemini_safety_fraction": 1.0})
     user = await make_user(conn, START_BALANCE)
@@ -237,31 +289,49 @@ async def test_no_image_is_retried_once_then_fails(devstack: Devstack, conn: asy
     assert (await job(conn, job_id))["attempts"] == 2
 
 
-async def test_bad_key_fails_with_one_refund(devstack: Devstack, conn: asyncpg.Connection) -> None:
+async def test_bad_key_leaves_the_job_queued_and_charged_once(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
+    """The worker's configuration is at fault, not the job: it waits for the fix (the worker
+    pauses claiming; ``--once`` returns), with no attempt counted and no refund."""
     devstack.faults.update({"gemini_status": 401})
     user = await make_user(conn, START_BALANCE)
     job_id = await insert_job(conn, user)
-    await run_worker_once(devstack)
-    await check_failed_once(conn, user, job_id, "The image service is not configured correctly")
+    metrics = await run_worker_once(devstack)
+    row = await job(conn, job_id)
+    assert (row["status"], row["attempts"], row["error"], row["ended_at"]) == ("queued", 0, None, None)
+    assert await refunds(conn, job_id) == 0
+    assert await balance(conn, user) == START_BALANCE - 1
+    assert metrics.registry.get_sample_value(
+        "worker_config_pauses_total", {"code": "gemini_auth"}) == 1
 
 
 async def test_bad_jobs_fail_readably_and_the_worker_goes_on(
         devstack: Devstack, conn: asyncpg.Connection, supabase_service: AsyncClient) -> None:
-    user = await make_user(conn, START_BALANCE + 2)
+    user = await make_user(conn, START_BALANCE + 4)
     malformed = await insert_job(conn, user, {"complexity": "extreme", "text_prompt": "x"})
     missing = await insert_job(conn, user, {"asset_id": str(uuid.uuid4())})
+    # supabase-js with ``params_json: JSON.stringify({...})``: a jsonb string, not an object.
+    encoded_twice = await insert_job(conn, user, json.dumps({"text_prompt": "a lighthouse"}))
+    listed = await insert_job(conn, user, [{"text_prompt": "a lighthouse"}])
     valid = await insert_job(conn, user, {"text_prompt": "a lighthouse"})
+    bad = (malformed, missing, encoded_twice, listed)
     await run_worker_once(devstack)
     rows = {r["id"]: r for r in await conn.fetch(
-        "select id, status, error from public.jobs where user_id = $1", user)}
-    assert (rows[malformed]["status"], rows[malformed]["error"]) == (
-        "failed", "The field complexity must be one of simple, standard, detailed.")
-    assert (rows[missing]["status"], rows[missing]["error"]) == (
-        "failed", "The uploaded photo could not be found")
-    assert [await refunds(conn, j) for j in (malformed, missing, valid)] == [1, 1, 0]
+        "select id, status, error, error_code from public.jobs where user_id = $1", user)}
+    assert [(rows[j]["status"], rows[j]["error"]) for j in bad] == [
+        ("failed", "The field complexity must be one of simple, standard, detailed."),
+        ("failed", "The uploaded photo could not be found"),
+        ("failed", "The job parameters arrived as a JSON string instead of an object"
+                   " (encoded twice?)."),
+        ("failed", "The job parameters are not an object (got an array).")]
+    assert [rows[j]["error_code"] for j in (malformed, encoded_twice, listed)] == ["invalid_params"] * 3
+    assert [await refunds(conn, j) for j in (*bad, valid)] == [1, 1, 1, 1, 0]
     await check_succeeded(conn, user, valid)
     await check_outputs(supabase_service, conn, user, valid)
-    assert await balance(conn, user) == START_BALANCE + 2 - 1
+    assert await balance(conn, user) == START_BALANCE + 4 - 1
     events = await conn.fetch("select delta, reason from public.credit_events where user_id = $1", user)
     assert sorted(json.dumps(dict(e)) for e in events) == [
-        json.dumps({"delta": 1, "reason": "generation_failed"})] * 2
+        json.dumps({"delta": 1, "reason": "generation_failed"})] * 4
+    await run_worker_once(devstack)  # nothing left to do: no second refund
+    assert [await refunds(conn, j) for j in (*bad, valid)] == [1, 1, 1, 1, 0]
+    assert await balance(conn, user) == START_BALANCE + 4 - 1

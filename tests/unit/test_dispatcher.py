@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import replace
 from uuid import UUID
 
 import anyio
+import anyio.lowlevel
 import pytest
+from anyio.abc import TaskStatus
+from loguru import logger
 
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
-from realtime_worker.errors import QueueError
+from realtime_worker.errors import ConfigurationJobError, QueueError
 from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus, lease_owner, worker_of
 from realtime_worker.metrics import Metrics
+from realtime_worker.pause import PauseSettings
 from realtime_worker.testing import InMemoryQueue, ScriptedProcessor
 from tests.waiting import wait_for
 
@@ -19,11 +25,12 @@ pytestmark = pytest.mark.unit
 
 
 def make(queue: InMemoryQueue, processor: object, *, slots: int = 2, lease: int = 30,
-         grace: float = 0.5, buffer: int = 16) -> Dispatcher:
+         grace: float = 0.5, buffer: int = 16, pause: PauseSettings | None = None,
+         metrics: Metrics | None = None) -> Dispatcher:
     settings = DispatcherSettings(worker_id="w1", max_concurrent_jobs=slots, lease_seconds=lease,
                                   shutdown_grace_seconds=grace, backoff=Backoff(base_seconds=60),
-                                  hint_buffer=buffer)
-    return Dispatcher(queue, processor, settings, Metrics())  # type: ignore[arg-type]
+                                  hint_buffer=buffer, config_pause=pause or PauseSettings())
+    return Dispatcher(queue, processor, settings, metrics or Metrics())  # type: ignore[arg-type]
 
 
 class Gauge:
@@ -360,3 +367,171 @@ def test_an_owner_names_its_worker() -> None:
     assert worker_of(lease_owner("localhost-1", "9f3a.7")) == "localhost-1"
     assert worker_of(lease_owner("a#b", "c")) == "a#b"
     assert worker_of("written-by-an-older-worker") == "written-by-an-older-worker"
+
+
+# --- a broken configuration pauses claiming -------------------------------------------------
+
+
+class Revoked:
+    """Answers like Gemini with a revoked key while ``broken`` is set, then draws."""
+
+    def __init__(self) -> None:
+        self.broken = True
+        self.calls: list[UUID] = []
+
+    async def __call__(self, job: Job) -> JobResult:
+        self.calls.append(job.id)
+        await anyio.lowlevel.checkpoint()
+        if self.broken:
+            raise ConfigurationJobError("The image service is not configured correctly",
+                                        code="gemini_auth")
+        return JobResult(model="m", cost_cents=1)
+
+
+class TimedQueue(InMemoryQueue):
+    """Notes when each claim request was made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claim_times: list[float] = []
+
+    async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
+        self.claim_times.append(time.monotonic())
+        return await super().claim_jobs(worker, limit, lease_seconds)
+
+
+def claim_calls(queue: InMemoryQueue) -> int:
+    return sum(call.startswith("claim") for call in queue.calls)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def handled(dispatcher: Dispatcher, before: float) -> None:
+    """The loop took the wake-ups sent since ``before`` (a paused fill returns at once)."""
+    await wait_for(lambda: dispatcher.last_tick != before, what="wake-ups handled")
+    await anyio.lowlevel.checkpoint()
+
+
+@pytest.fixture
+def alerts() -> Iterator[list[tuple[str, str, dict[str, object]]]]:
+    """(level, message, extra) of every log line at ERROR or above."""
+    lines: list[tuple[str, str, dict[str, object]]] = []
+    sink = logger.add(lambda m: lines.append(
+        (m.record["level"].name, m.record["message"], dict(m.record["extra"]))), level="ERROR")
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
+
+
+async def test_a_config_error_gives_the_job_back_uncounted_unrefunded_and_stops_claims(
+        alerts: list[tuple[str, str, dict[str, object]]]) -> None:
+    queue, gemini, metrics = InMemoryQueue(), Revoked(), Metrics()
+    ids = [queue.add() for _ in range(3)]
+    dispatcher = make(queue, gemini, slots=1, pause=PauseSettings(initial_seconds=60),
+                      metrics=metrics)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(ids[0], "realtime")
+            await wait_for(lambda: "release" in queue.calls and dispatcher.in_flight == 0)
+            claims, before = claim_calls(queue), dispatcher.last_tick
+            for source in ("sweep", "catchup", "backlog"):  # every source of wake-ups
+                dispatcher.wake(None, source)
+            for job_id in ids:
+                dispatcher.wake(job_id, "realtime")
+            await handled(dispatcher, before)
+            assert claim_calls(queue) == claims  # nothing claimed while paused
+            status = dispatcher.pause_status()
+            assert status is not None and status.error_code == "gemini_auth"
+            await dispatcher.shutdown()
+    assert gemini.calls == [ids[0]]
+    assert [queue.status(i) for i in ids] == [JobStatus.QUEUED] * 3
+    assert [queue.jobs[i].job.attempts for i in ids] == [0, 0, 0]
+    assert [queue.jobs[i].refunds for i in ids] == [0, 0, 0]
+    assert queue.jobs[ids[0]].error is None and "fail" not in queue.calls
+    assert sample(metrics, "worker_config_pauses_total", code="gemini_auth") == 1
+    assert sample(metrics, "worker_jobs_released_total", reason="config_error") == 1
+    assert sample(metrics, "worker_jobs_failed_total", code="gemini_auth") == 0
+    [(level, message, extra)] = alerts  # one loud line for the pause
+    assert level == "CRITICAL" and extra["event"] == "claims_paused"
+    assert extra["error_code"] == "gemini_auth" and "60" in message
+
+
+async def test_claims_resume_by_themselves_when_the_cool_down_ends() -> None:
+    queue, gemini, metrics = TimedQueue(), Revoked(), Metrics()
+    ids = [queue.add() for _ in range(3)]
+    dispatcher = make(queue, gemini, slots=3, pause=PauseSettings(initial_seconds=0.3),
+                      metrics=metrics)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(None, "sweep")
+            await wait_for(lambda: dispatcher.pause_status() is not None)
+            gemini.broken = False  # the key is fixed; the test wakes nobody
+            await wait_for(lambda: all(queue.status(i) == JobStatus.SUCCEEDED for i in ids))
+            assert dispatcher.pause_status() is None
+            await dispatcher.shutdown()
+    assert queue.claim_times[1] - queue.claim_times[0] >= 0.3
+    assert sample(metrics, "worker_jobs_claimed_total", source="resume") == 3
+    assert sample(metrics, "worker_config_pauses_total", code="gemini_auth") == 1  # one incident
+    assert [queue.jobs[i].job.attempts for i in ids] == [1, 1, 1]  # the given-back try not counted
+    assert [queue.jobs[i].refunds for i in ids] == [0, 0, 0]
+
+
+async def test_running_jobs_go_on_and_are_given_back_too_in_the_same_pause(
+        alerts: list[tuple[str, str, dict[str, object]]]) -> None:
+    queue, processor, metrics = InMemoryQueue(), ScriptedProcessor(), Metrics()
+    first = queue.add({"script": {"fail": "config"}})
+    later = queue.add({"script": {"fail": "config", "duration": 0.2}})
+    done = queue.add({"script": {"duration": 0.3}})
+    waiting = queue.add()
+    dispatcher = make(queue, processor, slots=3, pause=PauseSettings(initial_seconds=60),
+                      metrics=metrics)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(None, "sweep")
+            await wait_for(lambda: queue.status(done) == JobStatus.SUCCEEDED
+                           and dispatcher.in_flight == 0)
+            assert dispatcher.pause_status() is not None  # a job claimed before it ends nothing
+            await dispatcher.shutdown()
+    assert [queue.status(i) for i in (first, later, waiting)] == [JobStatus.QUEUED] * 3
+    assert [queue.jobs[i].job.attempts for i in (first, later)] == [0, 0]
+    assert waiting not in processor.calls
+    assert sample(metrics, "worker_config_pauses_total", code="scripted_config") == 1
+    assert sample(metrics, "worker_jobs_released_total", reason="config_error") == 2
+    assert [extra["event"] for level, _, extra in alerts if level == "CRITICAL"] == ["claims_paused"]
+
+
+async def test_shutdown_during_a_pause_is_prompt() -> None:
+    queue, gemini = InMemoryQueue(), Revoked()
+    queue.add()
+    dispatcher = make(queue, gemini, pause=PauseSettings(initial_seconds=600))
+    stopped = anyio.Event()
+
+    async def serve(*, task_status: TaskStatus[None]) -> None:
+        await dispatcher.run(task_status=task_status)
+        stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(serve)
+        dispatcher.wake(None, "sweep")
+        with anyio.fail_after(5):
+            await wait_for(lambda: dispatcher.pause_status() is not None and not dispatcher.in_flight)
+        with anyio.fail_after(1):  # the cool-down's own wake-up must not hold the loop open
+            await dispatcher.shutdown()
+            await stopped.wait()
+
+
+async def test_drain_gives_back_and_returns_without_waiting_for_the_cool_down() -> None:
+    queue, gemini = InMemoryQueue(), Revoked()
+    ids = [queue.add() for _ in range(4)]
+    with anyio.fail_after(2):
+        await make(queue, gemini, slots=2, pause=PauseSettings(initial_seconds=600)).drain()
+    assert len(gemini.calls) == 2  # the first claim's jobs only
+    assert [queue.status(i) for i in ids] == [JobStatus.QUEUED] * 4
+    assert [queue.jobs[i].job.attempts for i in ids] == [0] * 4
+    assert "fail" not in queue.calls

@@ -302,6 +302,8 @@ INVALID: dict[str, tuple[Setup, str]] = {
     "over 24 MP": (huge_photo, "The uploaded photo is too large (at most 24 megapixels)"),
     "missing edit source": (edit_of(None), PAGE_NOT_FOUND),
     "corrupt edit source": (edit_of(NOT_AN_IMAGE), "The page to edit could not be read"),
+    "edit source over 24 MP": (edit_of(png_of((6000, 4001))),
+                               "The page to edit is too large (at most 24 megapixels)"),
 }
 
 
@@ -313,6 +315,30 @@ async def test_invalid_input_is_permanent_and_readable(world: World, case: str) 
     error = await world.fails(params)
     assert isinstance(error, PermanentJobError) and error.user_message == message
     assert world.generator.requests == [] and world.storage.objects == before
+
+
+# -- params_json that is not an object (as the queue reads it) -------------------------------
+
+
+@pytest.mark.parametrize(("params_json", "message"), [
+    # supabase-js with ``params_json: JSON.stringify({...})`` stores a jsonb string.
+    ('{"text_prompt": "a fox"}',
+     "The job parameters arrived as a JSON string instead of an object (encoded twice?)."),
+    ([{"text_prompt": "a fox"}], "The job parameters are not an object (got an array)."),
+    ("a fox", "The job parameters are not an object (got a string)."),
+    ('["a fox"]', "The job parameters are not an object (got a string)."),
+    (42, "The job parameters are not an object (got a number)."),
+    (True, "The job parameters are not an object (got a boolean)."),
+    (None, "The job parameters are not an object (got null)."),
+])
+async def test_params_json_not_an_object_is_named(world: World, params_json: object,
+                                                  message: str) -> None:
+    job = Job.from_row({"id": str(uuid4()), "user_id": str(world.user), "status": "running",
+                        "params_json": params_json, "attempts": 1, "max_attempts": 3})
+    with pytest.raises(PermanentJobError) as caught:
+        await world.pipeline()(job)
+    assert (caught.value.user_message, caught.value.code) == (message, "invalid_params")
+    assert world.generator.requests == [] and world.storage.objects == {}
 
 
 # -- outages and refusals ---------------------------------------------------------------------
@@ -336,6 +362,55 @@ async def test_refused_upload_is_permanent(world: World) -> None:
     world.storage.refuse_uploads = True
     error = await world.fails({"text_prompt": "a fox"})
     assert isinstance(error, PermanentJobError) and error.code == "storage_refused"
+
+
+class RefusingStorage(InMemoryStorage):
+    """In-memory Storage that refuses (or loses) uploads to one file name, and may fail removes."""
+
+    def __init__(self, file: str, error: StorageError, *, removes_fail: bool = False) -> None:
+        super().__init__()
+        self.file, self.error, self.removes_fail = file, error, removes_fail
+        self.removed: list[ObjectPath] = []
+
+    async def upload(self, path: ObjectPath, data: bytes, content_type: str) -> None:
+        if path.name.endswith(f"/{self.file}"):
+            await anyio.sleep(0.01)  # after the other uploads have landed
+            raise self.error
+        await super().upload(path, data, content_type)
+
+    async def remove(self, path: ObjectPath) -> None:
+        self.removed.append(path)
+        if self.removes_fail:
+            raise StorageUnavailable(f"remove of {path.qualified} failed: 503")
+        await super().remove(path)
+
+
+@pytest.mark.parametrize(("file", "error", "expected"), [
+    ("coloring_page.pdf", StorageError("upload failed: 403 Unauthorized"), PermanentJobError),
+    ("edge.png", StorageError("upload failed: 413 EntityTooLarge"), PermanentJobError),
+    ("thumbnail.png", StorageUnavailable("upload failed: 503"), RetryableJobError),
+])
+async def test_a_failed_upload_removes_what_the_attempt_uploaded(
+        file: str, error: StorageError, expected: type[JobError]) -> None:
+    storage = RefusingStorage(file, error)
+    world = World(storage=storage)
+    world.upload()  # the user's photo: not the job's to remove
+    error_raised = await world.fails({"text_prompt": "a fox"})
+    assert type(error_raised) is expected and error_raised.__cause__ is error
+    assert list(storage.objects) == [("originals", f"{world.user}/photo.jpg")]
+    assert len(storage.removed) == 2
+
+
+async def test_a_failed_removal_is_logged_not_raised_over_the_upload_error(
+        records: list[dict[str, Any]]) -> None:
+    refused = StorageError("upload failed: 403 Unauthorized")
+    storage = RefusingStorage("coloring_page.pdf", refused, removes_fail=True)
+    error = await World(storage=storage).fails({"text_prompt": "a fox"})
+    assert isinstance(error, PermanentJobError) and error.__cause__ is refused
+    assert len(storage.objects) == 2  # both PNGs stay: removal was only best effort
+    left = [r for r in records if r.get("event") == "upload_cleanup_failed"]
+    assert sorted(r["path"] for r in left) == sorted(p.qualified for p in storage.removed)
+    assert all(r["level"] == "WARNING" for r in left) and len(left) == 2
 
 
 async def test_assets_table_outage_is_retryable(world: World) -> None:
@@ -438,12 +513,17 @@ class FailingBucket:
     def __init__(self, error: Exception) -> None:
         self.error = error
         self.uploads: list[tuple[str, dict[str, str]]] = []
+        self.removes: list[list[str]] = []
 
     async def download(self, path: str) -> bytes:
         raise self.error
 
     async def upload(self, path: str, data: bytes, file_options: dict[str, str]) -> None:
         self.uploads.append((path, file_options))
+        raise self.error
+
+    async def remove(self, paths: list[str]) -> list[dict[str, Any]]:
+        self.removes.append(paths)
         raise self.error
 
 
@@ -485,12 +565,14 @@ class FakeClient:
 async def test_storage_adapter_translates_library_errors(error: Exception, expected: type) -> None:
     client = FakeClient(FailingBucket(error))
     storage, path = SupabaseStorage(client), ObjectPath("intermediates", f"{USER}/j/edge.png")
-    for call in (storage.download(path), storage.upload(path, b"png", "image/png")):
+    for call in (storage.download(path), storage.upload(path, b"png", "image/png"),
+                 storage.remove(path)):
         with pytest.raises(StorageError) as caught:
             await call
         assert type(caught.value) is expected and caught.value.__cause__ is error
-    assert client.buckets == ["intermediates", "intermediates"]
+    assert client.buckets == ["intermediates"] * 3
     assert client.bucket.uploads == [(f"{USER}/j/edge.png", {"content-type": "image/png", "upsert": "true"})]
+    assert client.bucket.removes == [[f"{USER}/j/edge.png"]]
 
 
 # -- property: random params_json through the real dispatcher ---------------------------------
