@@ -9,6 +9,7 @@ import math
 import os
 import socket
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,39 @@ PRICE_CENTS_PER_IMAGE: dict[str, float] = {
     "gemini-nano-banana-2.1": 3.36,
     "gemini-2.5-flash-image": 3.9,
 }
+
+
+# Cloud Run sends SIGKILL this long after SIGTERM (services and worker pools alike), and the
+# worker needs about a second of it to give unfinished jobs back.
+CLOUD_RUN_KILL_AFTER_SECONDS = 10.0
+CLOUD_RUN_GRACE_MAX_SECONDS = 8.5
+
+
+def on_cloud_run() -> bool:
+    """Whether this process runs on Cloud Run (a service sets K_SERVICE, a worker pool
+    CLOUD_RUN_WORKER_POOL)."""
+    return bool(os.environ.get("K_SERVICE") or os.environ.get("CLOUD_RUN_WORKER_POOL"))
+
+
+def http_url(value: str, *, path_allowed: bool) -> str:
+    """An http(s) URL with a host (and port) and nothing a client would send wrongly; the
+    trailing ``/`` dropped. Messages never repeat the value."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain spaces")
+    try:
+        parts.port  # noqa: B018  # raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query (?) or a fragment (#)")
+    if not path_allowed and parts.path.strip("/"):
+        raise ValueError("must be the project's URL, without a path such as /rest/v1")
+    return value.rstrip("/")
 
 
 def default_worker_id() -> str:
@@ -77,12 +111,25 @@ class WorkerSettings(ToolSettings):
     )
     clean_line_art: bool = Field(True, validation_alias="CLEAN_LINE_ART")
 
-    @field_validator("supabase_url", "gemini_base_url")
+    @field_validator("supabase_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/") if value else value
+    def _project_url(cls, value: str) -> str:
+        return http_url(value, path_allowed=False)
+
+    @field_validator("shutdown_grace_seconds")
+    @classmethod
+    def _grace_fits_the_platform(cls, value: float) -> float:
+        if on_cloud_run() and value > CLOUD_RUN_GRACE_MAX_SECONDS:
+            raise ValueError(
+                f"must be at most {CLOUD_RUN_GRACE_MAX_SECONDS:g} on Cloud Run, which sends SIGKILL"
+                f" {CLOUD_RUN_KILL_AFTER_SECONDS:g} s after SIGTERM: unfinished jobs need the rest"
+                " to be given back")
+        return value
+
+    @field_validator("gemini_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return http_url(value, path_allowed=True) if value is not None else None
 
     @property
     def idle_interval_seconds(self) -> float:

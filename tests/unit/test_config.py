@@ -123,7 +123,14 @@ def test_dotenv_in_working_directory_is_read(monkeypatch: pytest.MonkeyPatch, cl
     ("PORT", "70000"),
     ("WORKER_MODE", "fast"),
     ("SUPABASE_URL", "ftp://x"),
+    ("SUPABASE_URL", "https://"),
+    ("SUPABASE_URL", "https://project.supabase.co/rest/v1"),
+    ("SUPABASE_URL", "https://project.supabase.co?x=1"),
+    ("SUPABASE_URL", "https://project.supabase.co "),
+    ("SUPABASE_URL", "https://project.supabase.co:port"),
     ("GEMINI_BASE_URL", "localhost:9999"),
+    ("GEMINI_BASE_URL", "http:///v1beta"),
+    ("GEMINI_BASE_URL", "https://proxy.example/#frag"),
     ("MAX_CONCURRENT_JOBS", "0"),
     ("IMAGE_THREADS", "0"),
     ("LEASE_SECONDS", "1"),
@@ -270,3 +277,19 @@ def test_readme_settings_table_lists_every_setting() -> None:
              if line.startswith("| `")}
     expected = {name for names in env_names(WorkerSettings).values() for name in names[:1]}
     assert expected <= table, f"README lacks {sorted(expected - table)}"
+
+
+@pytest.mark.parametrize("platform", ["K_SERVICE", "CLOUD_RUN_WORKER_POOL"])
+def test_grace_must_leave_time_to_give_jobs_back_on_cloud_run(
+        monkeypatch: pytest.MonkeyPatch, platform: str) -> None:
+    """Cloud Run sends SIGKILL 10 s after SIGTERM: a grace of 9 s or more leaves no time to put
+    unfinished jobs back, so they would wait for their lease to expire and lose an attempt."""
+    set_env(monkeypatch, SHUTDOWN_GRACE_SECONDS="9")
+    monkeypatch.setenv(platform, "realtime-worker")
+    with pytest.raises(ConfigError, match=r"SHUTDOWN_GRACE_SECONDS is invalid: .*Cloud Run"):
+        config.load(WorkerSettings)
+    set_env(monkeypatch, SHUTDOWN_GRACE_SECONDS="8.5")
+    assert config.load(WorkerSettings).shutdown_grace_seconds == 8.5
+    monkeypatch.delenv(platform)
+    set_env(monkeypatch, SHUTDOWN_GRACE_SECONDS="30")  # elsewhere the platform decides
+    assert config.load(WorkerSettings).shutdown_grace_seconds == 30
