@@ -352,7 +352,7 @@ class Dispatcher:
         except Exception:
             self._log(run).bind(event="job_crashed").exception("processor raised unexpectedly")
             return RetryableJobError(
-                "Something went wrong on our side; the job will be retried.", code="internal")
+                "Something went wrong on our side", code="internal")
 
     async def _keep_lease(self, run: JobRun) -> None:
         """Renew the lease every third of it until the run ends or may no longer own its job.

@@ -78,7 +78,7 @@ def input_too_large(kind: JobKind) -> PermanentJobError:
 def storage_failure(exc: StorageError, action: str) -> JobError:
     """Retry an outage; anything else Storage refused will not get better by itself."""
     if isinstance(exc, StorageUnavailable):
-        return RetryableJobError("File storage is unavailable; the job will be retried",
+        return RetryableJobError("File storage is unavailable",
                                  code="storage_unavailable")
     logger.bind(event="storage_refused", action=action).error("Storage refused: {}", exc)
     return PermanentJobError("The page could not be stored", code="storage_refused")
@@ -185,7 +185,7 @@ class Pipeline:
         try:
             row = await self._assets.get(asset_id)
         except AssetLookupError as exc:
-            raise RetryableJobError("The job's input could not be looked up; the job will be retried",
+            raise RetryableJobError("The job's input could not be looked up",
                                     code="database_unavailable") from exc
         if row is None or row.user_id != job.user_id:
             log.bind(event="input_not_found", asset_id=str(asset_id),

@@ -237,7 +237,7 @@ def refuse_uploads_of(file: str, status: int) -> dict[str, Any]:
 @pytest.mark.parametrize(("file", "status", "max_attempts", "error"), [
     ("coloring_page.pdf", 403, 3, "The page could not be stored"),  # RLS refusal
     ("edge.png", 413, 3, "The page could not be stored"),  # too large
-    ("thumbnail.png", 503, 1, "File storage is unavailable; the job will be retried"),  # last attempt
+    ("thumbnail.png", 503, 1, "File storage is unavailable"),  # last attempt
 ])
 async def test_a_failed_upload_leaves_none_of_the_outputs(
         devstack: Devstack, conn: asyncpg.Connection, file: str, status: int, max_attempts: int,
