@@ -94,6 +94,9 @@ def _worker_failed(exc: BaseException) -> int:
         raise error from error.__cause__
     if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         raise KeyboardInterrupt from None
+    exit_ = next((leaf for leaf in leaves if isinstance(leaf, SystemExit)), None)
+    if exit_ is not None:  # e.g. a processor factory calling sys.exit: not a crash
+        raise exit_
     summary = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
     shown = leaves[0] if len(leaves) == 1 else exc  # its traceback starts where the bug is
     logger.opt(exception=shown).bind(event="worker_crashed").critical(f"worker crashed: {summary}")

@@ -363,7 +363,8 @@ class Dispatcher:
         """
         lease = self._s.lease_seconds
         interval = max(lease / 3, 0.2)
-        due = time.monotonic() + interval
+        # A claim answered late has used part of its lease already: renew in time, or at once.
+        due = min(time.monotonic() + interval, run.owned_until - interval)
         while True:
             await anyio.sleep(max(min(due, run.owned_until) - time.monotonic(), 0))
             sent = time.monotonic()
@@ -439,9 +440,13 @@ class Dispatcher:
             log.bind(event="job_release_refused").warning("give-back refused: lease lost")
 
     def _judge(self, run: JobRun, outcome: Outcome) -> None:
-        """Tell the breaker: a configuration error pauses claiming, any other outcome resets it."""
-        if not isinstance(outcome, ConfigurationJobError):
+        """Tell the breaker: a configuration error pauses claiming, a job that went through
+        resets it. Other failures say nothing about the configuration (bad input, a Storage
+        outage, refused content may come before or without a Gemini call that works)."""
+        if isinstance(outcome, JobResult):
             self._breaker.clear(run.claimed_at)
+            return
+        if not isinstance(outcome, ConfigurationJobError):
             return
         cool_down = self._breaker.trip(outcome.code, run.claimed_at)
         if cool_down is None:  # a run claimed before the pause began: part of it

@@ -49,7 +49,7 @@ class ConfigBreaker:
     to ``max_seconds`` on each trip until something shows the configuration works. Runs are told
     apart by when they were claimed (on ``clock``): one claimed before the latest trip met the
     same broken configuration, so its error is part of that pause (no new pause, no doubling) and
-    its success proves nothing. Any other outcome of a run claimed after it resets the breaker.
+    its success proves nothing. The success of a run claimed after it resets the breaker.
     """
 
     def __init__(self, settings: PauseSettings,
@@ -88,7 +88,7 @@ class ConfigBreaker:
         return self._cool_down
 
     def clear(self, claimed_at: float) -> None:
-        """A run claimed at ``claimed_at`` ended without a configuration error."""
+        """A run claimed at ``claimed_at`` went through: the configuration works."""
         if not self._before_last_trip(claimed_at):
             self._trips, self._until = 0, -math.inf
 

@@ -110,3 +110,16 @@ def test_run_crash_is_logged_once_as_one_redacted_json_object(tmp_path: Path) ->
     assert (crash["severity"], crash["event"]) == ("CRITICAL", "worker_crashed"), crash
     assert crash["message"] == "worker crashed: RuntimeError: processor exploded holding [REDACTED]"
     assert "leaky_processor" in crash["stack_trace"]  # a bug: where it happened is kept
+
+
+def exiting_processor(context: WorkerContext) -> AbstractAsyncContextManager[Processor]:
+    """A processor factory that ends the process on purpose (the subprocess runs it)."""
+    sys.exit(3)
+
+
+def test_run_ended_by_sys_exit_keeps_its_code_and_is_no_crash(tmp_path: Path) -> None:
+    result = run_cli("run", "--once", "--processor", f"{__name__}:exiting_processor",
+                     env=worker_env("json"), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output
+    assert "worker_crashed" not in output and "Traceback" not in output

@@ -95,7 +95,8 @@ async def test_a_refused_key_pauses_claiming_and_the_queue_waits_for_the_fix(
             assert [r["attempts"] for r in await job_rows(conn, user)] == [1, 1, 1]
             assert await conn.fetchval("select count(*) from public.credit_events") == 0
             assert await balance(conn, user) == 7
-            assert claimed(worker, "resume") >= 1
+            # The dispatcher's own wake-up at the end of the pause, or a sweep that came first.
+            assert claimed(worker, "resume") + claimed(worker, "sweep") >= 1
             assert sample(worker, "worker_jobs_failed_total", code="gemini_auth") == 0
             await wait_for(lambda: _ready(port), within=5, what="ready again")
         finally:

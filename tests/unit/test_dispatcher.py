@@ -14,7 +14,7 @@ from anyio.abc import TaskStatus
 from loguru import logger
 
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
-from realtime_worker.errors import ConfigurationJobError, QueueError
+from realtime_worker.errors import ConfigurationJobError, PermanentJobError, QueueError
 from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus, lease_owner, worker_of
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import PauseSettings
@@ -535,3 +535,59 @@ async def test_drain_gives_back_and_returns_without_waiting_for_the_cool_down() 
     assert [queue.status(i) for i in ids] == [JobStatus.QUEUED] * 4
     assert [queue.jobs[i].job.attempts for i in ids] == [0] * 4
     assert "fail" not in queue.calls
+
+
+class KeyOrBadInput:
+    """Gemini refuses the key (after a moment); a job marked ``bad`` fails on its input first."""
+
+    async def __call__(self, job: Job) -> JobResult:
+        if job.params.get("bad"):
+            raise PermanentJobError("The job parameters are not valid", code="invalid_params")
+        await anyio.sleep(0.05)
+        raise ConfigurationJobError("The image service is not configured correctly",
+                                    code="gemini_auth")
+
+
+async def test_a_job_failing_before_gemini_proves_nothing_and_the_pause_keeps_doubling() -> None:
+    """Only a job that went through shows the configuration works again: a job that failed on
+    its own input never reached Gemini, so the next pause still doubles."""
+    queue, metrics = InMemoryQueue(), Metrics()
+    queue.add()
+    dispatcher = make(queue, KeyOrBadInput(), slots=2, metrics=metrics,
+                      pause=PauseSettings(initial_seconds=0.3, max_seconds=10))
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(None, "sweep")
+            await wait_for(lambda: dispatcher.pause_status() is not None, what="first pause")
+            bad = queue.add({"bad": True})  # claimed with the refused job when the pause ends
+            await wait_for(lambda: sample(metrics, "worker_config_pauses_total", code="gemini_auth")
+                           == 2, what="second pause")
+            status = dispatcher.pause_status()
+            await dispatcher.shutdown()
+    assert queue.status(bad) == JobStatus.FAILED
+    assert status is not None and status.cool_down_seconds == 0.6 and status.consecutive == 2
+
+
+class SlowClaimAnswer(InMemoryQueue):
+    """The claim commits at once; its answer takes ``delay`` seconds to come back."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
+        jobs = await super().claim_jobs(worker, limit, lease_seconds)
+        await anyio.sleep(self.delay)
+        return jobs
+
+
+async def test_a_claim_answered_late_renews_its_lease_at_once() -> None:
+    """A claim whose answer took most of the lease must renew before its local deadline, not
+    sleep through it: the database's lease is still valid."""
+    queue = SlowClaimAnswer(delay=2.5)
+    job_id = queue.add({"script": {"duration": 1}})
+    with anyio.fail_after(10):
+        await make(queue, ScriptedProcessor(), lease=3).drain()
+    assert queue.status(job_id) == JobStatus.SUCCEEDED
+    assert "heartbeat" in queue.calls
