@@ -88,9 +88,8 @@ class Claim:
 class JobRun:
     job: Job
     source: str
-    owner: str
+    claim: Claim  # its owner in ``locked_by``, and when it was sent
     owned_until: float  # monotonic: the lease may have run out from here on
-    claimed_at: float  # monotonic: when its claim was sent
     started: float = field(default_factory=time.monotonic)
     scope: anyio.CancelScope | None = None
     stop_reason: str | None = None
@@ -283,7 +282,7 @@ class Dispatcher:
         if job.created_at is not None:
             pickup = (datetime.now(UTC) - job.created_at).total_seconds()
             self._metrics.pickup.observe(max(pickup, 0.0))
-        run = JobRun(job, source, claim.owner, claim.sent + self._s.lease_seconds, claim.sent)
+        run = JobRun(job, source, claim, claim.sent + self._s.lease_seconds)
         if self._grace_over:  # claimed before the shutdown, answered after its grace period
             run.stop("shutdown")
         stale = self._running.get(job.id)
@@ -377,7 +376,7 @@ class Dispatcher:
             owned = None
             with anyio.move_on_after(min(due, run.owned_until) - sent):
                 try:
-                    owned = await self._queue.heartbeat(run.job.id, run.owner, lease)
+                    owned = await self._queue.heartbeat(run.job.id, run.claim.owner, lease)
                 except QueueError as exc:
                     self._log(run).bind(event="heartbeat_failed").warning(str(exc))
             if owned is False:
@@ -408,7 +407,7 @@ class Dispatcher:
 
     async def _complete(self, run: JobRun, result: JobResult) -> None:
         log = self._log(run)
-        if await self._queue.complete(run.job.id, run.owner, result):
+        if await self._queue.complete(run.job.id, run.claim.owner, result):
             self._metrics.succeeded.inc()
             log.bind(event="job_succeeded", model=result.model, cost_cents=result.cost_cents,
                      duration_ms=round((time.monotonic() - run.started) * 1000)).info("job succeeded")
@@ -418,7 +417,7 @@ class Dispatcher:
     async def _fail(self, run: JobRun, error: JobError) -> None:
         job, log = run.job, self._log(run)
         delay = retry_delay(error, job.attempts, job.max_attempts, self._s.backoff)
-        status = await self._queue.fail(job.id, run.owner, error.user_message, error.code, delay)
+        status = await self._queue.fail(job.id, run.claim.owner, error.user_message, error.code, delay)
         log = log.bind(error_code=error.code, retry_in_seconds=delay)
         if status == "queued":
             self._metrics.retried.labels(error.code).inc()
@@ -430,25 +429,22 @@ class Dispatcher:
             log.bind(event="job_fail_refused").warning("failure not recorded: lease lost")
 
     async def _give_back(self, run: JobRun, error: ConfigurationJobError) -> None:
-        """Not the job's fault: back to the queue, the attempt not counted, nothing refunded."""
-        log = self._log(run).bind(error_code=error.code)
-        if await self._queue.release(run.job.id, run.owner):
-            self._metrics.released.labels("config_error").inc()
-            log.bind(event="job_released", reason="config_error").info(
-                "given back: Gemini refused the worker's configuration")
-        else:
-            log.bind(event="job_release_refused").warning("give-back refused: lease lost")
+        """Not the job's fault: back to the queue, the attempt not counted, nothing refunded.
+        A failed call raises, so :meth:`_record` tries again."""
+        if not await self._released(run, "config_error", error_code=error.code):
+            self._log(run).bind(event="job_release_refused", error_code=error.code).warning(
+                "give-back refused: lease lost")
 
     def _judge(self, run: JobRun, outcome: Outcome) -> None:
         """Tell the breaker: a configuration error pauses claiming, a job that went through
         resets it. Other failures say nothing about the configuration (bad input, a Storage
         outage, refused content may come before or without a Gemini call that works)."""
         if isinstance(outcome, JobResult):
-            self._breaker.clear(run.claimed_at)
+            self._breaker.clear(run.claim.sent)
             return
         if not isinstance(outcome, ConfigurationJobError):
             return
-        cool_down = self._breaker.trip(outcome.code, run.claimed_at)
+        cool_down = self._breaker.trip(outcome.code, run.claim.sent)
         if cool_down is None:  # a run claimed before the pause began: part of it
             return
         self._metrics.config_pauses.labels(outcome.code).inc()
@@ -480,14 +476,18 @@ class Dispatcher:
 
     async def _release(self, run: JobRun, reason: str) -> None:
         try:
-            released = await self._queue.release(run.job.id, run.owner)
+            await self._released(run, reason)
         except QueueError as exc:
             self._log(run).bind(event="release_failed").error(str(exc))
-            return
-        if released:
-            self._metrics.released.labels(reason).inc()
-            self._log(run).bind(event="job_released", reason=reason).info("job given back")
+
+    async def _released(self, run: JobRun, reason: str, **context: str) -> bool:
+        """Give the job back (``worker_release_job``), counted and logged under ``reason``."""
+        if not await self._queue.release(run.job.id, run.claim.owner):
+            return False
+        self._metrics.released.labels(reason).inc()
+        self._log(run).bind(event="job_released", reason=reason, **context).info("job given back")
+        return True
 
     def _log(self, run: JobRun):  # type: ignore[no-untyped-def]
         return logger.bind(job_id=str(run.job.id), attempt=run.job.attempts,
-                           worker=self._s.worker_id, owner=run.owner)
+                           worker=self._s.worker_id, owner=run.claim.owner)

@@ -56,8 +56,7 @@ class ConfigBreaker:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._s, self._clock = settings, clock
         self._tripped_at: float | None = None
-        self._until = -math.inf
-        self._cool_down = 0.0
+        self._cool_down = 0.0  # of the latest pause; 0 once a run went through
         self._trips = 0
         self._code = ""
 
@@ -67,7 +66,9 @@ class ConfigBreaker:
 
     def remaining(self) -> float:
         """Seconds until claims may start again (0: they may now)."""
-        return max(self._until - self._clock(), 0.0)
+        if self._tripped_at is None:
+            return 0.0
+        return max(self._tripped_at + self._cool_down - self._clock(), 0.0)
 
     def status(self) -> PauseStatus | None:
         left = self.remaining()
@@ -83,14 +84,13 @@ class ConfigBreaker:
         self._trips += 1
         initial, cap = self._s.initial_seconds, self._s.max_seconds
         self._cool_down = initial if self._trips == 1 else min(self._cool_down * 2, cap)
-        now = self._clock()
-        self._tripped_at, self._until, self._code = now, now + self._cool_down, code
+        self._tripped_at, self._code = self._clock(), code
         return self._cool_down
 
     def clear(self, claimed_at: float) -> None:
         """A run claimed at ``claimed_at`` went through: the configuration works."""
         if not self._before_last_trip(claimed_at):
-            self._trips, self._until = 0, -math.inf
+            self._trips, self._cool_down = 0, 0.0
 
     def _before_last_trip(self, claimed_at: float) -> bool:
         return self._tripped_at is not None and claimed_at < self._tripped_at
