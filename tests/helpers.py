@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from realtime_worker.metrics import Metrics
+
 
 async def make_user(conn: asyncpg.Connection, balance: int = 10) -> uuid.UUID:
     """A user with a profile and a credit balance, as the app's sign-up creates them."""
@@ -63,3 +65,8 @@ async def as_role(conn: asyncpg.Connection, role: str, query: str, *args: Any) -
     async with conn.transaction():
         await conn.execute(f"set local role {role}")
         return await conn.fetch(query, *args)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    """A metric's current value (0 when it has no sample with these labels yet)."""
+    return metrics.registry.get_sample_value(name, labels) or 0.0

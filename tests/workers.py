@@ -21,6 +21,7 @@ from realtime_worker.devstack.server import Devstack
 from realtime_worker.listener import ListenerSettings
 from realtime_worker.testing import scripted
 from realtime_worker.worker import Worker
+from tests.helpers import sample
 
 FAST = {"LEASE_SECONDS": "6", "SHUTDOWN_GRACE_SECONDS": "2", "LOG_LEVEL": "WARNING"}
 
@@ -52,8 +53,7 @@ async def running_worker(devstack: Devstack, *, listener: ListenerSettings | Non
 
 
 def claimed(worker: Worker, source: str) -> float:
-    value = worker.metrics.registry.get_sample_value("worker_jobs_claimed_total", {"source": source})
-    return value or 0.0
+    return sample(worker.metrics, "worker_jobs_claimed_total", source=source)
 
 
 def subprocess_env(devstack: Devstack, **env: str) -> dict[str, str]:

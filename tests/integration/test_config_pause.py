@@ -20,7 +20,7 @@ from realtime_worker.pause import PauseSettings
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.worker import Worker
 from tests.conftest import Database
-from tests.helpers import balance, insert_job, make_user
+from tests.helpers import balance, insert_job, make_user, sample
 from tests.waiting import wait_for
 from tests.workers import claimed, listener_settings, settings, statuses
 
@@ -39,12 +39,8 @@ async def get_ready(port: int) -> tuple[int, dict[str, Any]]:
         return resp.status, await resp.json()
 
 
-def sample(worker: Worker, name: str, **labels: str) -> float:
-    return worker.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 def claim_requests(worker: Worker) -> float:
-    return sum(sample(worker, "worker_db_requests_total", function=f)
+    return sum(sample(worker.metrics, "worker_db_requests_total", function=f)
                for f in ("worker_claim_job", "worker_claim_jobs"))
 
 
@@ -67,7 +63,7 @@ async def test_a_refused_key_pauses_claiming_and_the_queue_waits_for_the_fix(
     async with anyio.create_task_group() as tg:
         port = await tg.start(functools.partial(worker.run, host="127.0.0.1", install_signals=False))
         try:
-            await wait_for(lambda: sample(worker, "worker_config_pauses_total",
+            await wait_for(lambda: sample(worker.metrics, "worker_config_pauses_total",
                                           code="gemini_auth") == 1, what="the pause")
             await wait_for(lambda: worker.dispatcher is not None and worker.dispatcher.in_flight == 0)
 
@@ -77,8 +73,9 @@ async def test_a_refused_key_pauses_claiming_and_the_queue_waits_for_the_fix(
             assert body["checks"]["gemini_config"] is False
             assert body["config_pause"]["error_code"] == "gemini_auth"
             assert 0 < body["config_pause"]["resumes_in_seconds"] <= COOL_DOWN
-            claims, sweeps = claim_requests(worker), sample(worker, "worker_last_sweep_timestamp_seconds")
-            await wait_for(lambda: sample(worker, "worker_last_sweep_timestamp_seconds") > sweeps + 0.3,
+            last_sweep = "worker_last_sweep_timestamp_seconds"
+            claims, sweeps = claim_requests(worker), sample(worker.metrics, last_sweep)
+            await wait_for(lambda: sample(worker.metrics, last_sweep) > sweeps + 0.3,
                            what="two more sweeps")
             assert worker.dispatcher is not None and worker.dispatcher.pause_status() is not None
             assert claim_requests(worker) == claims
@@ -97,7 +94,7 @@ async def test_a_refused_key_pauses_claiming_and_the_queue_waits_for_the_fix(
             assert await balance(conn, user) == 7
             # The dispatcher's own wake-up at the end of the pause, or a sweep that came first.
             assert claimed(worker, "resume") + claimed(worker, "sweep") >= 1
-            assert sample(worker, "worker_jobs_failed_total", code="gemini_auth") == 0
+            assert sample(worker.metrics, "worker_jobs_failed_total", code="gemini_auth") == 0
             await wait_for(lambda: _ready(port), within=5, what="ready again")
         finally:
             worker.request_stop()

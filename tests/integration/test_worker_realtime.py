@@ -15,7 +15,7 @@ import pytest
 from realtime_worker.devstack.server import Devstack
 from realtime_worker.worker import Worker
 from tests.conftest import Database
-from tests.helpers import insert_job, make_user
+from tests.helpers import insert_job, make_user, sample
 from tests.waiting import wait_for
 from tests.workers import claimed, listener_settings, running_worker, statuses
 
@@ -119,8 +119,7 @@ async def test_client_that_gave_up_reconnecting_is_rebuilt(
 
 
 def resubscribes(worker: Worker) -> float:
-    value = worker.metrics.registry.get_sample_value("worker_realtime_resubscribes_total")
-    return value or 0.0
+    return sample(worker.metrics, "worker_realtime_resubscribes_total")
 
 
 async def stays_subscribed(worker: Worker, seconds: float, step: float = 0.01) -> bool:

@@ -14,11 +14,12 @@ from anyio.abc import TaskStatus
 from loguru import logger
 
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
-from realtime_worker.errors import ConfigurationJobError, PermanentJobError, QueueError
+from realtime_worker.errors import ConfigurationJobError, QueueError
 from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus, lease_owner, worker_of
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import PauseSettings
 from realtime_worker.testing import InMemoryQueue, ScriptedProcessor
+from tests.helpers import sample
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.unit
@@ -404,10 +405,6 @@ def claim_calls(queue: InMemoryQueue) -> int:
     return sum(call.startswith("claim") for call in queue.calls)
 
 
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 async def handled(dispatcher: Dispatcher, before: float) -> None:
     """The loop took the wake-ups sent since ``before`` (a paused fill returns at once)."""
     await wait_for(lambda: dispatcher.last_tick != before, what="wake-ups handled")
@@ -537,31 +534,20 @@ async def test_drain_gives_back_and_returns_without_waiting_for_the_cool_down() 
     assert "fail" not in queue.calls
 
 
-class KeyOrBadInput:
-    """Gemini refuses the key (after a moment); a job marked ``bad`` fails on its input first."""
-
-    async def __call__(self, job: Job) -> JobResult:
-        if job.params.get("bad"):
-            raise PermanentJobError("The job parameters are not valid", code="invalid_params")
-        await anyio.sleep(0.05)
-        raise ConfigurationJobError("The image service is not configured correctly",
-                                    code="gemini_auth")
-
-
 async def test_a_job_failing_before_gemini_proves_nothing_and_the_pause_keeps_doubling() -> None:
     """Only a job that went through shows the configuration works again: a job that failed on
     its own input never reached Gemini, so the next pause still doubles."""
     queue, metrics = InMemoryQueue(), Metrics()
-    queue.add()
-    dispatcher = make(queue, KeyOrBadInput(), slots=2, metrics=metrics,
+    queue.add({"script": {"fail": "config", "duration": 0.05}})  # Gemini refuses, after a moment
+    dispatcher = make(queue, ScriptedProcessor(), slots=2, metrics=metrics,
                       pause=PauseSettings(initial_seconds=0.3, max_seconds=10))
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             await tg.start(dispatcher.run)
             dispatcher.wake(None, "sweep")
             await wait_for(lambda: dispatcher.pause_status() is not None, what="first pause")
-            bad = queue.add({"bad": True})  # claimed with the refused job when the pause ends
-            await wait_for(lambda: sample(metrics, "worker_config_pauses_total", code="gemini_auth")
+            bad = queue.add({"script": {"fail": "permanent"}})  # fails at once on its input
+            await wait_for(lambda: sample(metrics, "worker_config_pauses_total", code="scripted_config")
                            == 2, what="second pause")
             status = dispatcher.pause_status()
             await dispatcher.shutdown()
@@ -569,25 +555,16 @@ async def test_a_job_failing_before_gemini_proves_nothing_and_the_pause_keeps_do
     assert status is not None and status.cool_down_seconds == 0.6 and status.consecutive == 2
 
 
-class SlowClaimAnswer(InMemoryQueue):
-    """The claim commits at once; its answer takes ``delay`` seconds to come back."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay = delay
-
-    async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
-        jobs = await super().claim_jobs(worker, limit, lease_seconds)
-        await anyio.sleep(self.delay)
-        return jobs
-
-
 async def test_a_claim_answered_late_renews_its_lease_at_once() -> None:
     """A claim whose answer took most of the lease must renew before its local deadline, not
     sleep through it: the database's lease is still valid."""
-    queue = SlowClaimAnswer(delay=2.5)
+    queue = SlowAnswer()
     job_id = queue.add({"script": {"duration": 1}})
     with anyio.fail_after(10):
-        await make(queue, ScriptedProcessor(), lease=3).drain()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(make(queue, ScriptedProcessor(), lease=3).drain)
+            await queue.claimed.wait()
+            await anyio.sleep(2.5)  # the answer takes most of the 3 s lease
+            queue.answer.set()
     assert queue.status(job_id) == JobStatus.SUCCEEDED
     assert "heartbeat" in queue.calls
