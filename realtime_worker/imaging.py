@@ -147,17 +147,18 @@ def _png(image: Image.Image) -> bytes:
 # -- uploaded photos --------------------------------------------------------------------------
 
 
-def prepare_input_photo(data: bytes, max_side: int = 1024) -> bytes:
+def prepare_input_photo(data: bytes, max_side: int = 1024, *, name: str = "uploaded photo") -> bytes:
     """Decode an uploaded photo or page, upright and on white, at most ``max_side`` px, as JPEG.
 
     Raises ``PermanentJobError`` with code ``input_unreadable`` (not an image, corrupt) or
-    ``input_too_large`` (more than 24 megapixels, decompression bombs).
+    ``input_too_large`` (more than 24 megapixels, decompression bombs); their messages call the
+    input ``name``, what it is to the user.
     """
-    image = _open(data, unreadable_input(), input_too_large(), draft_side=max_side)
+    image = _open(data, unreadable_input(name), input_too_large(name), draft_side=max_side)
     try:
         image = _flatten(ImageOps.exif_transpose(image)).convert("RGB")
     except _DECODE_ERRORS as exc:
-        raise unreadable_input() from exc
+        raise unreadable_input(name) from exc
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)

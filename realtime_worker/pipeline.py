@@ -67,14 +67,6 @@ def input_not_found(kind: JobKind) -> PermanentJobError:
     return PermanentJobError(f"The {_INPUT_NAMES[kind]} could not be found", code="input_not_found")
 
 
-def input_unreadable(kind: JobKind) -> PermanentJobError:
-    return imaging.unreadable_input(_INPUT_NAMES[kind])
-
-
-def input_too_large(kind: JobKind) -> PermanentJobError:
-    return imaging.input_too_large(_INPUT_NAMES[kind])
-
-
 def storage_failure(exc: StorageError, action: str) -> JobError:
     """Retry an outage; anything else Storage refused will not get better by itself."""
     if isinstance(exc, StorageUnavailable):
@@ -122,14 +114,7 @@ def render_outputs(generated: bytes, paper: PaperSize, title: str | None,
 
 def prepare_input(data: bytes, kind: JobKind) -> bytes:
     """The input as the generator gets it (≤1024 px JPEG); errors name what the user sent."""
-    try:
-        return imaging.prepare_input_photo(data)
-    except PermanentJobError as exc:
-        if exc.code == imaging.unreadable_input().code:
-            raise input_unreadable(kind) from exc
-        if exc.code == imaging.input_too_large().code:
-            raise input_too_large(kind) from exc
-        raise
+    return imaging.prepare_input_photo(data, name=_INPUT_NAMES[kind])
 
 
 def input_asset_id(request: JobRequest) -> UUID | None:
