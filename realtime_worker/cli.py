@@ -89,14 +89,12 @@ def _worker_failed(exc: BaseException) -> int:
     configured sink (JSON with ``severity``, secrets redacted) instead of a bare traceback.
     """
     leaves = list(_leaves(exc))
-    error = next((leaf for leaf in leaves if isinstance(leaf, WorkerError)), None)
-    if error is not None:
-        raise error from error.__cause__
-    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-        raise KeyboardInterrupt from None
-    exit_ = next((leaf for leaf in leaves if isinstance(leaf, SystemExit)), None)
-    if exit_ is not None:  # e.g. a processor factory calling sys.exit: not a crash
-        raise exit_
+    # Not crashes: main reports these as it would outside a group (a processor factory may
+    # also call sys.exit, and Ctrl-C is Ctrl-C).
+    for kind in (WorkerError, KeyboardInterrupt, SystemExit):
+        leaf = next((leaf for leaf in leaves if isinstance(leaf, kind)), None)
+        if leaf is not None:
+            raise leaf from leaf.__cause__
     summary = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
     shown = leaves[0] if len(leaves) == 1 else exc  # its traceback starts where the bug is
     logger.opt(exception=shown).bind(event="worker_crashed").critical(f"worker crashed: {summary}")
