@@ -113,6 +113,13 @@ def signed_in(devstack: Devstack, user: uuid.UUID) -> AbstractAsyncContextManage
     return supabase_client(devstack.url, devstack.keys.make("authenticated", sub=str(user)))
 
 
+async def insert_as(stack: Devstack, user: uuid.UUID, values: dict[str, Any]) -> uuid.UUID:
+    """A job the signed-in ``user`` inserts through PostgREST; its id."""
+    async with signed_in(stack, user) as client:
+        created = await client.table("jobs").insert({"user_id": str(user), **values}).execute()
+    return uuid.UUID(rows(created.data)[0]["id"])
+
+
 def worker_columns(row: asyncpg.Record) -> dict[str, Any]:
     return {name: row[name] for name in WORKER_DEFAULTS}
 
@@ -126,9 +133,7 @@ async def credit_events(conn: asyncpg.Connection, user: uuid.UUID) -> int:
 async def test_a_user_cannot_forge_worker_columns_to_mint_credits(
         devstack: Devstack, supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
     user = await make_user(conn, balance=10)
-    async with signed_in(devstack, user) as client:
-        created = await client.table("jobs").insert({"user_id": str(user), **FORGED}).execute()
-    job_id = uuid.UUID(rows(created.data)[0]["id"])
+    job_id = await insert_as(devstack, user, FORGED)
 
     reaped = await supabase_service.rpc("worker_reap_expired", {"p_limit": 100}).execute()
     assert await balance(conn, user) == 10
@@ -144,9 +149,7 @@ async def test_a_user_cannot_buy_unbounded_retries_or_a_bigger_refund(
         devstack: Devstack, supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
     user = await make_user(conn, balance=10)
     forged = {**FORGED, "status": "queued", "max_attempts": 1000, "attempts": -5}
-    async with signed_in(devstack, user) as client:
-        created = await client.table("jobs").insert({"user_id": str(user), **forged}).execute()
-    job_id = uuid.UUID(rows(created.data)[0]["id"])
+    job_id = await insert_as(devstack, user, forged)
     assert worker_columns(await job(conn, job_id)) == WORKER_DEFAULTS
 
     for attempt in (1, 2, 3):
@@ -173,10 +176,7 @@ async def test_a_user_cannot_buy_unbounded_retries_or_a_bigger_refund(
 async def test_a_users_own_job_is_claimed_and_completed_normally(
         devstack: Devstack, supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
     user = await make_user(conn)
-    async with signed_in(devstack, user) as client:
-        created = await client.table("jobs").insert(
-            {"user_id": str(user), "params_json": {"text_prompt": "a cat"}}).execute()
-    job_id = uuid.UUID(rows(created.data)[0]["id"])
+    job_id = await insert_as(devstack, user, {"params_json": {"text_prompt": "a cat"}})
     assert worker_columns(await job(conn, job_id)) == WORKER_DEFAULTS
 
     claimed = await supabase_service.rpc("worker_claim_jobs", CLAIM_ARGS).execute()
@@ -241,9 +241,8 @@ async def test_devstack_adds_the_guard_to_a_database_migrated_before_it(
             assert "0003" in {r["version"] for r in applied}
             assert all(a.skipped for a in await migrate.apply(conn))
             user = await make_user(conn)
-            async with signed_in(stack, user) as client:
-                created = await client.table("jobs").insert({"user_id": str(user), **FORGED}).execute()
-        assert worker_columns(await job(conn, uuid.UUID(rows(created.data)[0]["id"]))) == WORKER_DEFAULTS
+            job_id = await insert_as(stack, user, FORGED)
+        assert worker_columns(await job(conn, job_id)) == WORKER_DEFAULTS
     finally:
         await conn.close()
 
