@@ -15,7 +15,7 @@ import asyncpg
 
 from realtime_worker.jobs import JobStatus
 from realtime_worker.queue import JobQueue, SupabaseQueue
-from realtime_worker.testing import InMemoryQueue
+from realtime_worker.testing import FakeClock, InMemoryQueue
 from tests.helpers import insert_job, make_user, refunds
 
 
@@ -46,7 +46,8 @@ class Harness(Protocol):
 
 class MemoryHarness:
     def __init__(self) -> None:
-        self.memory = InMemoryQueue()
+        self.clock = FakeClock()
+        self.memory = InMemoryQueue(self.clock)
 
     @property
     def queue(self) -> JobQueue:
@@ -56,21 +57,13 @@ class MemoryHarness:
         return self.memory.add(max_attempts=max_attempts)
 
     async def advance(self, seconds: float) -> None:
-        from dataclasses import replace
-        from datetime import timedelta
-        delta = timedelta(seconds=seconds)
-        for item in self.memory.jobs.values():
-            item.run_after -= delta
-            if item.locked_until is not None:
-                item.locked_until -= delta
-            if item.job.created_at is not None:
-                item.job = replace(item.job, created_at=item.job.created_at - delta)
+        self.clock.advance(seconds)
 
     async def state(self, job_id: UUID) -> JobState:
         item = self.memory.jobs[job_id]
         return JobState(
             status=item.job.status, attempts=item.job.attempts, locked_by=item.job.locked_by,
-            error=item.error, error_code=getattr(item, "error_code", None), refunds=item.refunds,
+            error=item.error, error_code=item.error_code, refunds=item.refunds,
             model=item.results[-1].model if item.results else None,
             assets=sorted(asset.storage_path for result in item.results for asset in result.assets))
 
