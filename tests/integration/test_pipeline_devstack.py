@@ -17,17 +17,20 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
+from PIL import Image
 from pypdf import PdfReader
 from supabase import AsyncClient
 
 from realtime_worker import config, imaging
 from realtime_worker.config import WorkerSettings
+from realtime_worker.devstack import photos
 from realtime_worker.devstack.server import Devstack
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.metrics import Metrics
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.queue import SupabaseQueue
 from realtime_worker.worker import WorkerContext, supabase_client
+from tests.edges import share_on_edges
 from tests.helpers import balance, insert_job, job, make_user, refunds
 
 pytestmark = [
@@ -135,9 +138,13 @@ async def test_image_job_sends_the_uploaded_photo(devstack: Devstack, conn: asyn
     job_id = await insert_job(conn, user, {"asset_id": str(asset), "complexity": "simple"})
     await run_worker_once(devstack)
     await check_succeeded(conn, user, job_id)
-    await check_outputs(supabase_service, conn, user, job_id)
+    page = (await check_outputs(supabase_service, conn, user, job_id))["edge_map"]
     sent = devstack.gemini.requests[-1].image_sha256
     assert sent == (hashlib.sha256(imaging.prepare_input_photo(PHOTO)).hexdigest(),)
+    # The fake drew the photo's outlines: the stored page lies on them, not on another photo's.
+    own = share_on_edges(page, Image.open(io.BytesIO(PHOTO)))
+    other = share_on_edges(page, photos.scene((800, 600)))
+    assert own > 0.6 and own - other > 0.25, (own, other)
 
 
 async def test_edit_job_sends_the_source_page(devstack: Devstack, conn: asyncpg.Connection,
