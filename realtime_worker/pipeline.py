@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 from loguru import logger
 
-from realtime_worker import imaging, paths, prompts
+from realtime_worker import imaging, memory, paths, prompts
 from realtime_worker.assets import AssetLookupError, Assets, SupabaseAssets
 from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Processor
@@ -119,6 +119,14 @@ def prepare_input(data: bytes, kind: JobKind,
     return imaging.prepare_input_photo(data, name=_INPUT_NAMES[kind], limits=limits)
 
 
+def image_step(func: Callable[[], T]) -> T:
+    """Run one image step, then give the memory it freed back to the system."""
+    try:
+        return func()
+    finally:
+        memory.release()
+
+
 def input_asset_id(request: JobRequest) -> UUID | None:
     if request.kind is JobKind.IMAGE:
         return request.asset_id
@@ -153,7 +161,7 @@ class Pipeline:
         return self._result(generated, records, log)
 
     async def _in_thread(self, func: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(func, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(partial(image_step, func), limiter=self._limiter)
 
     # --- input -------------------------------------------------------------------------------
 
