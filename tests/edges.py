@@ -12,7 +12,7 @@ import io
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 
 JUMP = 12
-SLACK = 6
+SLACK = 10  # the fake finds edges at half the page's size and draws them doubled
 FRAME = 16  # pixels of the page's border left out
 
 

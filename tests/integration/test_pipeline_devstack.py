@@ -140,18 +140,15 @@ async def test_image_job_sends_the_uploaded_photo(devstack: Devstack, conn: asyn
     job_id = await insert_job(conn, user, {"asset_id": str(asset), "complexity": "simple"})
     await run_worker_once(devstack)
     await check_succeeded(conn, user, job_id)
-    page = (await check_outputs(supabase_service, conn, user, job_id))["edge_map"]
+    await check_outputs(supabase_service, conn, user, job_id)
     sent = devstack.gemini.requests[-1].image_sha256
     assert sent == (hashlib.sha256(imaging.prepare_input_photo(PHOTO)).hexdigest(),)
-    # The fake drew the photo's outlines: the stored page lies on them, not on another photo's.
-    own = share_on_edges(page, Image.open(io.BytesIO(PHOTO)))
-    other = share_on_edges(page, photos.scene((800, 600)))
-    assert own > 0.6 and own - other > 0.25, (own, other)
 
 
 async def test_photos_as_phones_send_them(devstack: Devstack, conn: asyncpg.Connection,
                                           supabase_service: AsyncClient) -> None:
-    """A HEIC and a sideways JPEG with GPS succeed; Gemini gets each upright, pixels only."""
+    """A HEIC and a sideways JPEG with GPS succeed; Gemini gets each upright: the fake draws
+    the outlines of what it was sent, and the stored page lies on the upright picture's."""
     user = await make_user(conn, START_BALANCE)
     upright = photos.scene((640, 480), 2)
     sent = {"heic": (photos.heic(upright), "photo.heic", "image/heic"),
