@@ -24,7 +24,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from bench import existing, harness, idle, memory, pickup, startup, throughput
+from bench import existing, harness, idle, memory, photo_burst, pickup, startup, throughput
 from bench.context import Context
 from bench.report import Results, load, markdown, merge, write
 
@@ -36,6 +36,7 @@ WITH_STACK: dict[str, Scenario] = {
     throughput.NAME: throughput.run,
     idle.NAME: idle.run,
     memory.NAME: memory.run,
+    photo_burst.NAME: photo_burst.run,
     startup.NAME: startup.run,
 }
 WITHOUT_STACK: dict[str, Scenario] = {name: bench.run for name, bench in existing.BENCHES.items()}

@@ -70,6 +70,13 @@ def check_claims(out: str, results: Results) -> None:
                    worst[0] <= 2 if worst else None)
 
 
+def check_photo_decode(out: str, results: Results) -> None:
+    worst = figures(r"^worst ([\d.]+) MiB", out)
+    results.target(14, "RSS one 24 MP photo adds while prepared (JPEG, PNG, RGBA PNG, HEIC)",
+                   "≤ 150 MB", f"{worst[0] * 2**20 / 1e6:.0f} MB worst" if worst else "unreadable",
+                   worst[0] * 2**20 <= 150e6 if worst else None)
+
+
 @dataclass(frozen=True)
 class Existing:
     module: str
@@ -109,4 +116,6 @@ BENCHES = {bench.module: bench for bench in (
              check_pipeline),
     Existing("imaging", "Imaging: clean + thumbnail + PDF of a 1024×1024 page, one core", 100, 30,
              check_imaging),
+    Existing("photo_decode", "Photos: RSS one 24 MP photo adds while prepared for Gemini", 1, 1,
+             check_photo_decode),
 )}

@@ -12,6 +12,8 @@ changes the worker; each patches one class of the unmodified worker before ``rea
   and the hinted claim report when they ran (``trace:event:<id>``, ``trace:claim-sent:<id>``
   datagrams to ``$BENCH_STARTS_ADDR``), so the pickup splits into hops.
 - ``python -m bench.experiments claimed <run args>``: the worker as it is.
+- ``python -m bench.experiments no-trim <run args>``: the worker without ``memory.release``
+  (no ``malloc_trim`` after image work), for the photo burst bench.
 
 In all three the queue reports ``claimed:<id>`` when a claim's answer reached the worker, the end
 of a pickup as #7 defines it (commit → job claimed); the competitors report the same from their
@@ -32,7 +34,7 @@ import aiohttp
 from postgrest.exceptions import APIError
 
 from bench.processors import CLAIMED, StartSignal
-from realtime_worker import cli, listener, queue, worker
+from realtime_worker import cli, listener, memory, queue, worker
 from realtime_worker.jobs import Job
 from realtime_worker.metrics import Metrics
 
@@ -111,8 +113,11 @@ def patch(name: str) -> None:
         setattr(worker, "Listener", TracedListener)  # noqa: B010
     elif name == "claimed":
         setattr(worker, "SupabaseQueue", StampedQueue)  # noqa: B010
+    elif name == "no-trim":
+        setattr(memory, "release", lambda: None)  # noqa: B010
     else:
-        raise SystemExit("usage: python -m bench.experiments aiohttp-rpc|trace|claimed <run args>")
+        raise SystemExit(
+            "usage: python -m bench.experiments aiohttp-rpc|trace|claimed|no-trim <run args>")
 
 
 def main(argv: list[str]) -> int:

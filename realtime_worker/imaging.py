@@ -26,16 +26,26 @@ from __future__ import annotations
 import io
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import pillow_heif
 from fpdf import FPDF
 from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
 
 from realtime_worker.errors import JobError, PermanentJobError, RetryableJobError
 from realtime_worker.jobs import PaperSize
 
-MAX_INPUT_PIXELS = 24_000_000
+# The app's upload route (apps/web/app/api/upload/route.ts) refuses files over 10 MB.
+MAX_INPUT_BYTES = 10 * 1024 * 1024
+# 50 MP holds the 48 MP modes of current phones (8064x6048) and 50 MP Android sensors.
+MAX_INPUT_PIXELS = 50_000_000
+# Gemini's largest ("4K") images are about 17-19 MP; anything far bigger is refused unread.
+MAX_OUTPUT_PIXELS = 20_000_000
+SHRINK_BAND = 64  # output rows reduced at a time
+# make_thumbnail and make_pdf read the page clean_line_art made (already within its limit);
+# Pillow's own bomb check still applies to them.
+_OWN_PAGE = 1 << 40
 JPEG_QUALITY = 90
 THUMBNAIL_SIDE = 400
 
@@ -58,6 +68,22 @@ PAPER_MM: dict[PaperSize, tuple[float, float]] = {
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
                   UnidentifiedImageError)
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+# HEIC/HEIF (the iPhone's default) is decoded by libheif through pillow-heif, one thread per
+# image: the worker already runs IMAGE_THREADS images side by side.
+pillow_heif.options.DECODE_THREADS = 1
+_HEIF_ERRORS = (RuntimeError, *_DECODE_ERRORS)
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What an uploaded photo may weigh (bytes) and hold (pixels) before it is decoded."""
+
+    max_bytes: int = MAX_INPUT_BYTES
+    max_pixels: int = MAX_INPUT_PIXELS
+
+
+DEFAULT_INPUT_LIMITS = InputLimits()
 
 
 @dataclass(frozen=True)
@@ -83,11 +109,23 @@ def unreadable_input(name: str = "uploaded photo") -> PermanentJobError:
     return PermanentJobError(f"The {name} could not be read", code="input_unreadable")
 
 
-def input_too_large(name: str = "uploaded photo") -> PermanentJobError:
+def input_too_large(name: str = "uploaded photo",
+                    max_pixels: int = MAX_INPUT_PIXELS) -> PermanentJobError:
     return PermanentJobError(
-        f"The {name} is too large (at most {MAX_INPUT_PIXELS // 1_000_000} megapixels)",
+        f"The {name} has too many pixels (at most {max_pixels / 1_000_000:g} megapixels)",
         code="input_too_large",
     )
+
+
+def input_too_heavy(name: str, max_bytes: int) -> PermanentJobError:
+    return PermanentJobError(
+        f"The {name} is too large (at most {max_bytes / 2**20:g} MB)", code="input_too_large")
+
+
+def output_too_large(max_pixels: int = MAX_OUTPUT_PIXELS) -> PermanentJobError:
+    return PermanentJobError(
+        f"The generated page was too large (more than {max_pixels / 1_000_000:g} megapixels)",
+        code="output_too_large")
 
 
 def unusable_output() -> RetryableJobError:
@@ -98,11 +136,12 @@ def unusable_output() -> RetryableJobError:
 # -- decoding ---------------------------------------------------------------------------------
 
 
-def _open(data: bytes, unreadable: JobError, too_large: JobError,
+def _open(data: bytes, unreadable: JobError, too_large: JobError, max_pixels: int,
           draft_side: int | None = None) -> Image.Image:
-    """Read the header, refuse more than MAX_INPUT_PIXELS, then decode (first frame only).
+    """Read the header, refuse more than ``max_pixels``, then decode (first frame only).
 
-    ``draft_side`` lets the JPEG decoder scale down by 1/2..1/8 while decoding. Pillow's own
+    ``draft_side`` lets the JPEG decoder scale down by 1/2..1/8 while decoding (and HEIF use an
+    embedded thumbnail of at least that size, when there is one). Pillow's own
     bomb check (a warning above ~89 MP, an error above ~179 MP) also becomes ``too_large``:
     the warning is turned into an error for the call, so none escapes. ``catch_warnings`` is
     process-wide; the filter only touches this one warning category, which is harmless if
@@ -112,9 +151,9 @@ def _open(data: bytes, unreadable: JobError, too_large: JobError,
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_INPUT_PIXELS:
+        if image.width * image.height > max_pixels:
             raise too_large
-        if draft_side is not None and image.format == "JPEG":
+        if draft_side is not None:
             image.draft("RGB", (draft_side, draft_side))
         image.load()
     except _BOMB_ERRORS as exc:
@@ -147,19 +186,100 @@ def _png(image: Image.Image) -> bytes:
 # -- uploaded photos --------------------------------------------------------------------------
 
 
-def prepare_input_photo(data: bytes, max_side: int = 1024, *, name: str = "uploaded photo") -> bytes:
+def prepare_input_photo(data: bytes, max_side: int = 1024, *, name: str = "uploaded photo",
+                        limits: InputLimits = DEFAULT_INPUT_LIMITS) -> bytes:
     """Decode an uploaded photo or page, upright and on white, at most ``max_side`` px, as JPEG.
 
+    Memory stays bounded: the byte and pixel limits are checked before anything is decoded,
+    JPEG decodes at 1/2..1/8 scale, and any other format is reduced by an integer factor
+    right after decoding, before a single full-size copy is made. The JPEG is encoded from
+    the pixels alone: no EXIF (GPS), XMP or ICC profile of the upload reaches Gemini.
+
     Raises ``PermanentJobError`` with code ``input_unreadable`` (not an image, corrupt) or
-    ``input_too_large`` (more than 24 megapixels, decompression bombs); their messages call the
+    ``input_too_large`` (over ``limits``, decompression bombs); their messages call the
     input ``name``, what it is to the user.
     """
-    image = _open(data, unreadable_input(name), input_too_large(name), draft_side=max_side)
-    try:
-        image = _flatten(ImageOps.exif_transpose(image)).convert("RGB")
-    except _DECODE_ERRORS as exc:
-        raise unreadable_input(name) from exc
+    if len(data) > limits.max_bytes:
+        raise input_too_heavy(name, limits.max_bytes)
+    unreadable, too_large = unreadable_input(name), input_too_large(name, limits.max_pixels)
+    if pillow_heif.is_supported(io.BytesIO(data)):
+        image = _decode_heif(data, unreadable, too_large, limits.max_pixels, max_side)
+    else:
+        image = _decode(data, unreadable, too_large, limits.max_pixels, max_side)
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return _jpeg(_pixels_only(image))
+
+
+def _decode(data: bytes, unreadable: JobError, too_large: JobError, max_pixels: int,
+            max_side: int) -> Image.Image:
+    """Any format Pillow reads, reduced early, turned upright by its EXIF tag, RGB."""
+    image = _open(data, unreadable, too_large, max_pixels, draft_side=max_side)
+    try:
+        factor = _factor(image.size, max_side)
+        if factor > 1:
+            image = _reduced(image, factor)
+        return _flatten(ImageOps.exif_transpose(image)).convert("RGB")
+    except _DECODE_ERRORS as exc:
+        raise unreadable from exc
+
+
+def _decode_heif(data: bytes, unreadable: JobError, too_large: JobError, max_pixels: int,
+                 max_side: int) -> Image.Image:
+    """HEIC/HEIF, primary image, RGB. libheif already applies the file's rotation and
+    mirroring (which take precedence over any EXIF tag in HEIF), so no EXIF is read; its
+    decoded buffer is read in bands, so Pillow never holds a full-size copy of it."""
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)
+        width, height = heif.size
+        if width * height > max_pixels:
+            raise too_large
+        buffer, mode, stride = memoryview(heif.data), heif.mode, heif.stride
+        image = _reduced_rows(height, _factor(heif.size, max_side), lambda top, bottom:
+                              Image.frombytes(mode, (width, bottom - top),
+                                              buffer[top * stride:bottom * stride],
+                                              "raw", mode, stride))
+        return image.convert("RGB")
+    except _HEIF_ERRORS as exc:
+        raise unreadable from exc
+
+
+def _factor(size: tuple[int, int], max_side: int) -> int:
+    """The whole factor that keeps the long side at least ``2 * max_side`` (so the LANCZOS
+    thumbnail after it keeps its quality)."""
+    return max(1, max(size) // (2 * max_side))
+
+
+def _reduced(image: Image.Image, factor: int) -> Image.Image:
+    """Flattened and reduced by ``factor``; ``info`` is kept for ``exif_transpose``."""
+    reduced = _reduced_rows(image.height, factor,
+                            lambda top, bottom: image.crop((0, top, image.width, bottom)))
+    reduced.info = image.info.copy()
+    return reduced
+
+
+def _reduced_rows(height: int, factor: int,
+                  rows: Callable[[int, int], Image.Image]) -> Image.Image:
+    """An image ``height`` rows tall read through ``rows(top, bottom)``, flattened on white and reduced
+    by ``factor``, ``SHRINK_BAND`` output rows at a time: no second full-size buffer (an RGBA
+    copy, a premultiplied copy) ever exists next to the decoded one."""
+    band = factor * SHRINK_BAND
+    first = _flatten(rows(0, min(height, band))).reduce(factor)
+    out = Image.new(first.mode, (first.width, -(-height // factor)))
+    out.paste(first, (0, 0))
+    for top in range(band, height, band):
+        out.paste(_flatten(rows(top, min(height, top + band))).reduce(factor),
+                  (0, top // factor))
+    return out
+
+
+def _pixels_only(image: Image.Image) -> Image.Image:
+    """A copy that carries no ``info`` (EXIF, XMP, ICC profile, comments) into the encoder."""
+    bare = Image.new(image.mode, image.size)
+    bare.paste(image)
+    return bare
+
+
+def _jpeg(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)
     return out.getvalue()
@@ -168,13 +288,15 @@ def prepare_input_photo(data: bytes, max_side: int = 1024, *, name: str = "uploa
 # -- generated pages --------------------------------------------------------------------------
 
 
-def clean_line_art(data: bytes, *, clean: bool = True) -> CleanedPage:
+def clean_line_art(data: bytes, *, clean: bool = True,
+                   max_pixels: int = MAX_OUTPUT_PIXELS) -> CleanedPage:
     """Turn a generated page (any format or mode) into black line art on white, as PNG.
 
     With ``clean=False`` the page is only flattened to RGB or greyscale. Either way a blank
-    or mostly solid page raises ``RetryableJobError`` (code ``unusable_output``).
+    or mostly solid page raises ``RetryableJobError`` (code ``unusable_output``); a page of
+    more than ``max_pixels`` is refused before it is decoded (``output_too_large``).
     """
-    image = _flatten(_open(data, unusable_output(), unusable_output()))
+    image = _flatten(_open(data, unusable_output(), output_too_large(max_pixels), max_pixels))
     ink = ink_mask(image)
     _check_coverage(ink)
     page = ImageOps.invert(ink).convert("1", dither=Image.Dither.NONE) if clean else image
@@ -241,7 +363,7 @@ def _check_coverage(ink: Image.Image) -> None:
 
 def make_thumbnail(page_png: bytes, max_side: int = THUMBNAIL_SIDE) -> Thumbnail:
     """A preview of a page, at most ``max_side`` on each side, aspect kept, on white."""
-    image = _flatten(_open(page_png, unusable_output(), unusable_output()))
+    image = _flatten(_open(page_png, unusable_output(), unusable_output(), _OWN_PAGE))
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return Thumbnail(png=_png(image), width=image.width, height=image.height)
 
@@ -264,7 +386,7 @@ def make_pdf(page_png: bytes, *, paper: PaperSize, title: str | None) -> bytes:
     never drawn larger than its size at ``MIN_PRINT_DPI`` (100 dpi), and embedded losslessly
     (Flate, never JPEG). Characters the built-in font lacks become ``?``.
     """
-    image = _open(page_png, unusable_output(), unusable_output())
+    image = _open(page_png, unusable_output(), unusable_output(), _OWN_PAGE)
     image = image if image.mode == "1" else _flatten(image)
     landscape = image.width > image.height
     pdf = _new_pdf(paper, landscape)

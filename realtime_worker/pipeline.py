@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 from loguru import logger
 
-from realtime_worker import imaging, paths, prompts
+from realtime_worker import imaging, memory, paths, prompts
 from realtime_worker.assets import AssetLookupError, Assets, SupabaseAssets
 from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Processor
@@ -101,10 +101,10 @@ def pdf_points(paper: PaperSize, landscape: bool) -> tuple[int, int]:
     return (long, short) if landscape else (short, long)
 
 
-def render_outputs(generated: bytes, paper: PaperSize, title: str | None,
-                   clean: bool) -> tuple[Output, Output, Output]:
+def render_outputs(generated: bytes, paper: PaperSize, title: str | None, clean: bool,
+                   max_pixels: int = imaging.MAX_OUTPUT_PIXELS) -> tuple[Output, Output, Output]:
     """Cleaned page, thumbnail and PDF of a generated image (CPU-bound: run in a thread)."""
-    page = imaging.clean_line_art(generated, clean=clean)
+    page = imaging.clean_line_art(generated, clean=clean, max_pixels=max_pixels)
     thumb = imaging.make_thumbnail(page.png)
     pdf = imaging.make_pdf(page.png, paper=paper, title=title)
     return (Output(AssetKind.EDGE_MAP, page.png, PNG, page.width, page.height),
@@ -112,9 +112,19 @@ def render_outputs(generated: bytes, paper: PaperSize, title: str | None,
             Output(AssetKind.PDF, pdf, PDF, *pdf_points(paper, page.width > page.height)))
 
 
-def prepare_input(data: bytes, kind: JobKind) -> bytes:
-    """The input as the generator gets it (≤1024 px JPEG); errors name what the user sent."""
-    return imaging.prepare_input_photo(data, name=_INPUT_NAMES[kind])
+def prepare_input(data: bytes, kind: JobKind,
+                  limits: imaging.InputLimits = imaging.DEFAULT_INPUT_LIMITS) -> bytes:
+    """The input as the generator gets it (≤1024 px JPEG, pixels only); errors name what the
+    user sent."""
+    return imaging.prepare_input_photo(data, name=_INPUT_NAMES[kind], limits=limits)
+
+
+def image_step(func: Callable[[], T]) -> T:
+    """Run one image step, then give the memory it freed back to the system."""
+    try:
+        return func()
+    finally:
+        memory.release()
 
 
 def input_asset_id(request: JobRequest) -> UUID | None:
@@ -151,7 +161,7 @@ class Pipeline:
         return self._result(generated, records, log)
 
     async def _in_thread(self, func: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(func, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(partial(image_step, func), limiter=self._limiter)
 
     # --- input -------------------------------------------------------------------------------
 
@@ -161,7 +171,9 @@ class Pipeline:
             return None
         source = await self._locate(job, request.kind, asset_id, log)
         data = await self._download(source, request.kind)
-        prepared = await self._in_thread(partial(prepare_input, data, request.kind))
+        limits = imaging.InputLimits(self._settings.max_input_bytes,
+                                     self._settings.max_input_pixels)
+        prepared = await self._in_thread(partial(prepare_input, data, request.kind, limits))
         log.bind(event="input_loaded", asset_id=str(asset_id), input_bytes=len(data),
                  prepared_bytes=len(prepared)).info("input loaded")
         return prepared
@@ -217,7 +229,7 @@ class Pipeline:
         started = time.monotonic()
         outputs = await self._in_thread(partial(
             render_outputs, generated, request.paper_size, request.title,
-            self._settings.clean_line_art))
+            self._settings.clean_line_art, self._settings.max_output_pixels))
         sizes = {o.kind.value: f"{o.width}x{o.height}/{len(o.data)}B" for o in outputs}
         log.bind(event="page_rendered", render_ms=round((time.monotonic() - started) * 1000),
                  paper=request.paper_size.value, **sizes).info("page cleaned, thumbnail and PDF made")

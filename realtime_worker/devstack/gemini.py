@@ -3,7 +3,10 @@
 It speaks the real wire format, so the unmodified ``google-genai`` client talks to it: the
 ``x-goog-api-key`` header, the request body as the SDK writes it (camelCase config keys,
 snake_case nested keys, URL-safe base64), Google's JSON error shape and status names, and a
-200 answer whose last non-thought part is a drawn black-and-white PNG. ``Faults`` decides,
+200 answer whose last non-thought part is a drawn black-and-white PNG. A request with an
+image (a photo or edit job) gets that image's edges as black lines on white, so whoever looks
+at the page sees which input reached the model; a text-only request gets shapes drawn from
+a seed of its prompt. ``Faults`` decides,
 with its seeded random source, when a call is rate limited, fails, is refused or is slow.
 
 The component binds nothing: the devstack server mounts ``routes()`` (or ``add_routes(app)``).
@@ -27,7 +30,7 @@ from typing import Any
 
 import anyio.to_thread
 from aiohttp import web
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
 from realtime_worker.devstack.faults import Faults
 
@@ -78,6 +81,11 @@ MESSAGES = {
     503: "The model is overloaded. Please try again later.",
     504: "The request timed out. Please try again.",
 }
+# An edge (Pillow's FIND_EDGES, 0..255) becomes a line when it is at least a quarter as strong
+# as the strongest edges of the image (its 99.5th percentile), and never below EDGE_FLOOR, so
+# soft photos get their outlines and a flat image gets no noise.
+EDGE_FLOOR = 12
+EDGE_SHARE, EDGE_TOP = 1 / 4, 0.995
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 SERVICE = "generativelanguage.googleapis.com"
 
@@ -388,8 +396,13 @@ def _text_only(model: str, usage: dict[str, Any], text: str, reason: str) -> dic
 def _image_answer(model: str, parsed: _Parsed) -> dict[str, Any]:
     seed = _seed(parsed)
     width, height = SIZES_1K[parsed.aspect_ratio or "1:1"]
-    draft = draw_line_art(seed ^ 0x5EED, max(width // 4, 64), max(height // 4, 64))
-    final = draw_line_art(seed, width, height)
+    draft_size = (max(width // 4, 64), max(height // 4, 64))
+    if parsed.images:
+        page = edge_page(parsed.images[-1], width, height)
+        draft, final = _png(page.resize(draft_size, Image.Resampling.BOX)), _png(page)
+    else:
+        draft = draw_line_art(seed ^ 0x5EED, *draft_size)
+        final = draw_line_art(seed, width, height)
     parts = [
         {"text": "Here is your coloring page."},
         {"inlineData": {"mimeType": "image/png", "data": _b64(draft)}, "thought": True},
@@ -449,6 +462,49 @@ def draw_line_art(seed: int, width: int, height: int) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+def draw_edges(data: bytes, width: int, height: int) -> bytes:
+    """A PNG page of ``width`` x ``height``: the edges of the image in ``data`` (fitted inside,
+    centred, aspect kept; the strongest change of any colour channel) as black lines about
+    two pixels wide on white, inside a black frame. Edges are found at half the page's size
+    (and drawn doubled), which keeps a photo answer about as cheap as a drawn one."""
+    return _png(edge_page(data, width, height))
+
+
+def edge_page(data: bytes, width: int, height: int) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as sent:
+        half = (max(1, width // 2), max(1, height // 2))
+        fitted = ImageOps.contain(ImageOps.exif_transpose(sent).convert("RGB"), half)
+    soft = fitted.filter(ImageFilter.GaussianBlur(1))  # JPEG noise is not an outline
+    red, green, blue = (band.filter(ImageFilter.FIND_EDGES) for band in soft.split())
+    edges = ImageChops.lighter(ImageChops.lighter(red, green), blue)  # a colour edge counts
+    # FIND_EDGES marks the image's own border; it is no outline of the picture.
+    ImageDraw.Draw(edges).rectangle((0, 0, edges.width - 1, edges.height - 1), outline=0)
+    threshold = max(EDGE_FLOOR, round(_percentile(edges.histogram(), EDGE_TOP) * EDGE_SHARE))
+    lines = edges.point(lambda v: 0 if v >= threshold else 255).resize(
+        (fitted.width * 2, fitted.height * 2), Image.Resampling.NEAREST)
+    page = Image.new("L", (width, height), 255)
+    page.paste(lines, ((width - lines.width) // 2, (height - lines.height) // 2))
+    stroke = max(2, min(width, height) // 150)
+    ImageDraw.Draw(page).rectangle((0, 0, width - 1, height - 1), outline=0, width=stroke)
+    return page
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _percentile(histogram: list[int], fraction: float) -> int:
+    """The lowest level with at least ``fraction`` of the pixels at or below it."""
+    wanted, seen = fraction * sum(histogram), 0
+    for level, count in enumerate(histogram):
+        seen += count
+        if seen >= wanted:
+            return level
+    return len(histogram) - 1
 
 
 def _draw_shape(

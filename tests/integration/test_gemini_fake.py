@@ -15,8 +15,10 @@ from google import genai
 from google.genai import errors, types
 from PIL import Image
 
+from realtime_worker.devstack import photos
 from realtime_worker.devstack.faults import Faults
 from realtime_worker.devstack.gemini import GeminiFake, draw_line_art
+from tests.edges import share_on_edges
 from tests.gemini_server import serving
 
 pytestmark = [
@@ -152,6 +154,23 @@ async def test_the_drawing_follows_the_prompt(client: genai.Client) -> None:
     owl = _images(await _generate(client, "an owl"))[-1].data
     assert fox == again
     assert fox != owl
+
+
+async def test_a_sent_image_comes_back_as_its_outlines(client: genai.Client) -> None:
+    """Photo and edit jobs: the page is the edges of the image sent, so two images give two
+    pages, each lying on its own image's outlines and not on the other's."""
+    scenes = [photos.scene((600, 600), shade) for shade in (0, 4)]
+    pages = []
+    for scene in scenes:
+        part = types.Part.from_bytes(data=photos.jpeg(scene), mime_type="image/jpeg")
+        response = await _generate(client, [part, "turn this photo into a coloring page"],
+                                   ratio="1:1")
+        pages.append(_images(response)[-1].data or b"")
+    own = [share_on_edges(page, scene) for page, scene in zip(pages, scenes, strict=True)]
+    crossed = [share_on_edges(page, scene) for page, scene in zip(pages, scenes[::-1], strict=True)]
+    assert pages[0] != pages[1]
+    assert min(own) > 0.8, own
+    assert all(o - c > 0.25 for o, c in zip(own, crossed, strict=True)), (own, crossed)
 
 
 def test_drawing_is_fast() -> None:

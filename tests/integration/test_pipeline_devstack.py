@@ -17,17 +17,20 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
+from PIL import Image
 from pypdf import PdfReader
 from supabase import AsyncClient
 
 from realtime_worker import config, imaging
 from realtime_worker.config import WorkerSettings
+from realtime_worker.devstack import photos
 from realtime_worker.devstack.server import Devstack
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.metrics import Metrics
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.queue import SupabaseQueue
 from realtime_worker.worker import WorkerContext, supabase_client
+from tests.edges import share_on_edges
 from tests.helpers import balance, insert_job, job, make_user, refunds
 
 pytestmark = [
@@ -65,13 +68,15 @@ async def run_worker_once(devstack: Devstack) -> Metrics:
     return metrics
 
 
-async def upload_photo(client: AsyncClient, conn: asyncpg.Connection, user: uuid.UUID) -> uuid.UUID:
+async def upload_photo(client: AsyncClient, conn: asyncpg.Connection, user: uuid.UUID,
+                       data: bytes = PHOTO, file: str = "photo.jpg",
+                       mime: str = "image/jpeg") -> uuid.UUID:
     """The app's upload: the object in ``originals/<user>/``, then an ``original`` asset row."""
-    name = f"{user}/photo.jpg"
-    await client.storage.from_("originals").upload(name, PHOTO, {"content-type": "image/jpeg"})
+    name = f"{user}/{file}"
+    await client.storage.from_("originals").upload(name, data, {"content-type": mime})
     asset_id: uuid.UUID = await conn.fetchval(
         "insert into public.assets (user_id, kind, storage_path, bytes, width, height)"
-        " values ($1, 'original', $2, $3, 800, 600) returning id", user, name, len(PHOTO))
+        " values ($1, 'original', $2, $3, 800, 600) returning id", user, name, len(data))
     return asset_id
 
 
@@ -139,6 +144,54 @@ async def test_image_job_sends_the_uploaded_photo(devstack: Devstack, conn: asyn
     await check_outputs(supabase_service, conn, user, job_id)
     sent = devstack.gemini.requests[-1].image_sha256
     assert sent == (hashlib.sha256(imaging.prepare_input_photo(PHOTO)).hexdigest(),)
+
+
+async def test_photos_as_phones_send_them(devstack: Devstack, conn: asyncpg.Connection,
+                                          supabase_service: AsyncClient) -> None:
+    """A HEIC and a sideways JPEG with GPS succeed; Gemini gets each upright: the fake draws
+    the outlines of what it was sent, and the stored page lies on the upright picture's."""
+    user = await make_user(conn, START_BALANCE)
+    upright = photos.scene((640, 480), 2)
+    sent = {"heic": (photos.heic(upright), "photo.heic", "image/heic"),
+            "sideways": (photos.sideways_with_metadata(upright), "sideways.jpg", "image/jpeg")}
+    jobs = {}
+    for label, (data, file, mime) in sent.items():
+        asset = await upload_photo(supabase_service, conn, user, data, file, mime)
+        jobs[label] = await insert_job(conn, user, {"asset_id": str(asset)})
+    await run_worker_once(devstack)
+    for label, job_id in jobs.items():
+        await check_succeeded(conn, user, job_id)
+        page = (await check_outputs(supabase_service, conn, user, job_id))["edge_map"]
+        own, turned = (share_on_edges(page, image) for image in
+                       (upright, upright.transpose(Image.Transpose.ROTATE_90)))
+        assert own > 0.6 and own - turned > 0.25, (label, own, turned)
+    assert [r.image_count for r in list(devstack.gemini.requests)[-2:]] == [1, 1]
+
+
+async def test_too_large_photos_fail_readably_with_one_refund(
+        devstack: Devstack, conn: asyncpg.Connection, supabase_service: AsyncClient) -> None:
+    """Over the app's 10 MB, or more pixels than MAX_INPUT_PIXELS: failed before Gemini,
+    a readable error, one refund; the worker goes on."""
+    user = await make_user(conn, START_BALANCE)
+    heavy = b"\xff\xd8\xff\xe0" + bytes(10 * 1024 * 1024)  # 10 MB + 4 bytes, never decoded
+    wide = io.BytesIO()
+    Image.new("1", (8000, 6300)).save(wide, format="PNG")  # 50.4 MP in a few kB
+    uploads = [(heavy, "heavy.jpg", "image/jpeg"), (wide.getvalue(), "wide.png", "image/png")]
+    bad = [await insert_job(conn, user, {"asset_id": str(
+        await upload_photo(supabase_service, conn, user, *upload))}) for upload in uploads]
+    valid = await insert_job(conn, user, {"asset_id": str(await upload_photo(supabase_service, conn, user))})
+    calls = len(devstack.gemini.requests)
+    await run_worker_once(devstack)
+    rows = [await job(conn, j) for j in bad]
+    assert [(r["status"], r["error_code"], r["error"]) for r in rows] == [
+        ("failed", "input_too_large", "The uploaded photo is too large (at most 10 MB)"),
+        ("failed", "input_too_large",
+         "The uploaded photo has too many pixels (at most 50 megapixels)")]
+    await check_succeeded(conn, user, valid)
+    assert len(devstack.gemini.requests) == calls + 1  # only the valid job reached Gemini
+    await run_worker_once(devstack)  # nothing left to do: no second refund
+    assert [await refunds(conn, j) for j in (*bad, valid)] == [1, 1, 0]
+    assert await balance(conn, user) == START_BALANCE - 1
 
 
 async def test_edit_job_sends_the_source_page(devstack: Devstack, conn: asyncpg.Connection,

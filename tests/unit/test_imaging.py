@@ -24,6 +24,7 @@ from pypdf import PdfReader
 from pypdf.generic import DictionaryObject
 
 from realtime_worker import imaging
+from realtime_worker.devstack import photos
 from realtime_worker.errors import PermanentJobError, RetryableJobError
 from realtime_worker.jobs import PaperSize
 
@@ -369,15 +370,34 @@ def test_unreadable_upload_is_a_permanent_error(data: bytes) -> None:
     assert caught.value.user_message == "The uploaded photo could not be read"
 
 
-def test_more_than_24_megapixels_is_refused() -> None:
-    huge = encoded(Image.new("1", (6000, 5000)), "PNG")
+def test_more_pixels_than_the_limit_are_refused() -> None:
+    huge = encoded(Image.new("1", (8000, 6300)), "PNG")  # 50.4 MP, a few kB
     with pytest.raises(PermanentJobError) as caught:
         imaging.prepare_input_photo(huge)
     assert caught.value.code == "input_too_large"
-    assert "too large" in caught.value.user_message
+    assert caught.value.user_message == (
+        "The uploaded photo has too many pixels (at most 50 megapixels)")
+    small_limit = imaging.InputLimits(max_pixels=1_000_000)
+    with pytest.raises(PermanentJobError) as caught:
+        imaging.prepare_input_photo(encoded(Image.new("RGB", (1001, 1000)), "JPEG"),
+                                    name="page to edit", limits=small_limit)
+    assert caught.value.user_message == "The page to edit has too many pixels (at most 1 megapixels)"
 
 
-@pytest.mark.parametrize("side", [6000, 10_000, 20_000], ids=["ours", "pillow-warns", "bomb"])
+def test_a_file_over_the_byte_limit_is_refused_before_decoding() -> None:
+    ten_mb = imaging.MAX_INPUT_BYTES
+    assert ten_mb == 10 * 1024 * 1024  # the app's upload route refuses anything bigger
+    with pytest.raises(PermanentJobError) as caught:
+        imaging.prepare_input_photo(b"\xff" * (ten_mb + 1))  # not even an image: never read
+    assert caught.value.code == "input_too_large"
+    assert caught.value.user_message == "The uploaded photo is too large (at most 10 MB)"
+    photo = (PHOTOS / "sample_photo.jpg").read_bytes()
+    with pytest.raises(PermanentJobError):
+        imaging.prepare_input_photo(photo, limits=imaging.InputLimits(max_bytes=len(photo) - 1))
+    assert imaging.prepare_input_photo(photo, limits=imaging.InputLimits(max_bytes=len(photo)))
+
+
+@pytest.mark.parametrize("side", [7100, 10_000, 20_000], ids=["ours", "pillow-warns", "bomb"])
 def test_decompression_bombs_are_refused_without_warnings(side: int) -> None:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -385,3 +405,91 @@ def test_decompression_bombs_are_refused_without_warnings(side: int) -> None:
             imaging.prepare_input_photo(png_claiming(side, side))
     assert caught.value.code == "input_too_large"
     assert seen == []
+
+
+# -- photos as people send them ---------------------------------------------------------------
+
+
+def halves(size: tuple[int, int]) -> Image.Image:
+    """Left half dark red, right half light blue: which way up it is shows in the pixels."""
+    image = Image.new("RGB", size, (150, 20, 20))
+    image.paste((170, 200, 255), (size[0] // 2, 0, size[0], size[1]))
+    return image
+
+
+def colour_at(image: Image.Image, x: float, y: float) -> tuple[int, ...]:
+    return cast(tuple[int, ...], image.convert("RGB").getpixel(
+        (int(x * (image.width - 1)), int(y * (image.height - 1)))))
+
+
+def close(colour: tuple[int, ...], expected: tuple[int, ...], tolerance: int = 12) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(colour, expected, strict=True))
+
+
+def test_a_real_heic_is_decoded() -> None:
+    heic = photos.heic(halves((640, 480)))
+    assert heic[4:12] == b"ftypheic"  # HEVC in a HEIF container, as an iPhone writes it
+    photo = decode(imaging.prepare_input_photo(heic))
+    assert (photo.format, photo.size) == ("JPEG", (640, 480))
+    assert close(colour_at(photo, 0.1, 0.5), (150, 20, 20))
+    assert close(colour_at(photo, 0.9, 0.5), (170, 200, 255))
+
+
+def test_a_large_heic_with_alpha_is_reduced_and_flattened() -> None:
+    clear = Image.new("RGBA", (2600, 1300), (0, 0, 0, 0))
+    clear.paste((170, 200, 255, 255), (1300, 0, 2600, 1300))
+    photo = decode(imaging.prepare_input_photo(photos.heic(clear), max_side=512))
+    assert photo.size == (512, 256)
+    assert close(colour_at(photo, 0.1, 0.5), (255, 255, 255))  # transparent: white paper
+    assert close(colour_at(photo, 0.9, 0.5), (170, 200, 255))
+
+
+def test_a_sideways_jpeg_comes_out_upright_without_its_metadata() -> None:
+    sent = photos.sideways_with_metadata(halves((400, 200)))
+    stored = decode(sent)
+    assert stored.size == (200, 400) and stored.getexif()[photos.ORIENTATION] == 6
+    assert {"exif", "xmp", "icc_profile"} <= set(stored.info)
+    prepared = imaging.prepare_input_photo(sent)
+    photo = decode(prepared)
+    assert photo.size == (400, 200)
+    assert close(colour_at(photo, 0.1, 0.5), (150, 20, 20))
+    assert close(colour_at(photo, 0.9, 0.5), (170, 200, 255))
+    assert not {"exif", "xmp", "icc_profile", "comment"} & set(photo.info)
+    assert dict(photo.getexif()) == {}
+    for marker in (b"Exif\x00", b"Secret Photographer", b"ns.adobe.com", b"ICC_PROFILE"):
+        assert marker not in prepared
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_24_megapixel_photo_becomes_1024_pixels(fmt: str) -> None:
+    scene = photos.scene(photos.PHONE_24MP)
+    data = photos.jpeg(scene) if fmt == "JPEG" else encoded(scene, "PNG", compress_level=1)
+    photo = decode(imaging.prepare_input_photo(data))
+    assert photo.size == (1024, 683)
+    expected = scene.resize(photo.size, Image.Resampling.BOX)
+    histogram = ImageChops.difference(photo, expected).convert("L").histogram()
+    assert sum(level * count for level, count in enumerate(histogram)) / sum(histogram) < 8
+
+
+def test_a_reduced_png_with_alpha_is_flattened_on_white() -> None:
+    image = Image.new("RGBA", (5000, 2500), (0, 0, 0, 0))
+    image.paste((20, 120, 20, 255), (2500, 0, 5000, 2500))
+    photo = decode(imaging.prepare_input_photo(encoded(image, "PNG")))
+    assert photo.size == (1024, 512)
+    assert close(colour_at(photo, 0.1, 0.5), (255, 255, 255))
+    assert close(colour_at(photo, 0.9, 0.5), (20, 120, 20))
+
+
+# -- what Gemini returns ----------------------------------------------------------------------
+
+
+def test_a_generated_page_with_too_many_pixels_is_refused_unread() -> None:
+    with pytest.raises(PermanentJobError) as caught:
+        imaging.clean_line_art(png_claiming(5000, 5000))  # 25 MP
+    assert caught.value.code == "output_too_large"
+    assert caught.value.user_message == (
+        "The generated page was too large (more than 20 megapixels)")
+    page = page_bytes("clean.png")
+    with pytest.raises(PermanentJobError):
+        imaging.clean_line_art(page, max_pixels=1024 * 1024 - 1)
+    assert imaging.clean_line_art(page, max_pixels=1024 * 1024).width == 1024

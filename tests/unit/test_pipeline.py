@@ -231,6 +231,23 @@ async def test_clean_line_art_setting(clean: bool) -> None:
     assert bool(grey_levels) is not clean
 
 
+async def test_the_size_limits_come_from_the_settings() -> None:
+    """MAX_INPUT_BYTES, MAX_INPUT_PIXELS and MAX_OUTPUT_PIXELS reach imaging (the page is
+    1024x1024, the photo 800x600 and under 60 kB)."""
+    strict = {"MAX_INPUT_BYTES": len(PHOTO) - 1, "MAX_INPUT_PIXELS": 800 * 600 - 1,
+              "MAX_OUTPUT_PIXELS": 1024 * 1024 - 1}
+    messages = []
+    for name, value in strict.items():
+        world = World(settings=make_settings(**{name: value}))
+        params = {"asset_id": str(world.upload())}
+        messages.append(((await world.fails(params)).code, world.generator.requests != []))
+    assert messages == [("input_too_large", False), ("input_too_large", False),
+                        ("output_too_large", True)]
+    roomy = World(settings=make_settings(MAX_INPUT_BYTES=len(PHOTO), MAX_INPUT_PIXELS=800 * 600,
+                                         MAX_OUTPUT_PIXELS=1024 * 1024))
+    await roomy.run({"asset_id": str(roomy.upload())})
+
+
 # -- invalid input: permanent, readable, and nothing spent on Gemini ---------------------------
 
 Setup = Callable[[World], dict[str, Any]]
@@ -263,7 +280,11 @@ def stored_path(path: Callable[[UUID], str]) -> Setup:
 
 
 def huge_photo(world: World) -> dict[str, Any]:
-    return {"asset_id": str(world.upload(png_of((6000, 4001))))}
+    return {"asset_id": str(world.upload(png_of((8000, 6251))))}
+
+
+def heavy_photo(world: World) -> dict[str, Any]:
+    return {"asset_id": str(world.upload(b"\xff\xd8" + b"\x00" * (10 * 1024 * 1024 - 1)))}
 
 
 def edit_of(data: bytes | None) -> Setup:
@@ -298,11 +319,12 @@ INVALID: dict[str, tuple[Setup, str]] = {
     "path with its bucket": (stored_path(lambda u: f"originals/{u}/photo.jpg"), PHOTO_NOT_FOUND),
     "corrupt upload": (lambda w: {"asset_id": str(w.upload(NOT_AN_IMAGE))},
                        "The uploaded photo could not be read"),
-    "over 24 MP": (huge_photo, "The uploaded photo is too large (at most 24 megapixels)"),
+    "over 50 MP": (huge_photo, "The uploaded photo has too many pixels (at most 50 megapixels)"),
+    "over 10 MB": (heavy_photo, "The uploaded photo is too large (at most 10 MB)"),
     "missing edit source": (edit_of(None), PAGE_NOT_FOUND),
     "corrupt edit source": (edit_of(NOT_AN_IMAGE), "The page to edit could not be read"),
-    "edit source over 24 MP": (edit_of(png_of((6000, 4001))),
-                               "The page to edit is too large (at most 24 megapixels)"),
+    "edit source over 50 MP": (edit_of(png_of((8000, 6251))),
+                               "The page to edit has too many pixels (at most 50 megapixels)"),
 }
 
 
