@@ -99,7 +99,7 @@ async def photo_params(stack: Stack, conn: asyncpg.Connection, data: bytes) -> l
         asset = await conn.fetchval(
             "insert into public.assets (user_id, kind, storage_path, bytes, width, height)"
             " values ($1, 'original', $2, $3, 6000, 4000) returning id",
-            DEV_USER_ID, f"originals/{name}", len(data))
+            DEV_USER_ID, name, len(data))
         params.append(json.dumps({"asset_id": str(asset)}))
     return params
 

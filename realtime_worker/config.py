@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from realtime_worker import imaging
+from realtime_worker import limits
 from realtime_worker.errors import ConfigError
 
 DEFAULT_MODEL = "gemini-3.1-flash-lite-image"
@@ -111,13 +111,13 @@ class WorkerSettings(ToolSettings):
         default_factory=default_worker_id, validation_alias="WORKER_ID", min_length=1
     )
     clean_line_art: bool = Field(True, validation_alias="CLEAN_LINE_ART")
-    # Defaults and reasons in ``imaging``: the app's 10 MB upload limit, pixel limits that
+    # Defaults and reasons in ``limits``: the app's 10 MB upload limit, pixel limits that
     # bound decoding memory (Pillow's own bomb error begins near 179 MP).
-    max_input_bytes: int = Field(imaging.MAX_INPUT_BYTES, validation_alias="MAX_INPUT_BYTES",
+    max_input_bytes: int = Field(limits.MAX_INPUT_BYTES, validation_alias="MAX_INPUT_BYTES",
                                  ge=1, le=100 * 1024 * 1024)
-    max_input_pixels: int = Field(imaging.MAX_INPUT_PIXELS, validation_alias="MAX_INPUT_PIXELS",
+    max_input_pixels: int = Field(limits.MAX_INPUT_PIXELS, validation_alias="MAX_INPUT_PIXELS",
                                   ge=1, le=150_000_000)
-    max_output_pixels: int = Field(imaging.MAX_OUTPUT_PIXELS,
+    max_output_pixels: int = Field(limits.MAX_OUTPUT_PIXELS,
                                    validation_alias="MAX_OUTPUT_PIXELS", ge=1, le=150_000_000)
 
     @field_validator("supabase_url")

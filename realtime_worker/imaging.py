@@ -35,13 +35,8 @@ from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
 
 from realtime_worker.errors import JobError, PermanentJobError, RetryableJobError
 from realtime_worker.jobs import PaperSize
+from realtime_worker.limits import MAX_INPUT_BYTES, MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS
 
-# The app's upload route (apps/web/app/api/upload/route.ts) refuses files over 10 MB.
-MAX_INPUT_BYTES = 10 * 1024 * 1024
-# 50 MP holds the 48 MP modes of current phones (8064x6048) and 50 MP Android sensors.
-MAX_INPUT_PIXELS = 50_000_000
-# Gemini's largest ("4K") images are about 17-19 MP; anything far bigger is refused unread.
-MAX_OUTPUT_PIXELS = 20_000_000
 SHRINK_BAND = 64  # output rows reduced at a time
 # make_thumbnail and make_pdf read the page clean_line_art made (already within its limit);
 # Pillow's own bomb check still applies to them.

@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 from loguru import logger
 
-from realtime_worker import imaging, memory, paths, prompts
+from realtime_worker import imaging, limits, memory, paths, prompts
 from realtime_worker.assets import AssetLookupError, Assets, SupabaseAssets
 from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Processor
@@ -102,7 +102,7 @@ def pdf_points(paper: PaperSize, landscape: bool) -> tuple[int, int]:
 
 
 def render_outputs(generated: bytes, paper: PaperSize, title: str | None, clean: bool,
-                   max_pixels: int = imaging.MAX_OUTPUT_PIXELS) -> tuple[Output, Output, Output]:
+                   max_pixels: int = limits.MAX_OUTPUT_PIXELS) -> tuple[Output, Output, Output]:
     """Cleaned page, thumbnail and PDF of a generated image (CPU-bound: run in a thread)."""
     page = imaging.clean_line_art(generated, clean=clean, max_pixels=max_pixels)
     thumb = imaging.make_thumbnail(page.png)

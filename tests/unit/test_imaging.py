@@ -23,7 +23,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 from pypdf import PdfReader
 from pypdf.generic import DictionaryObject
 
-from realtime_worker import imaging
+from realtime_worker import imaging, limits
 from realtime_worker.devstack import photos
 from realtime_worker.errors import PermanentJobError, RetryableJobError
 from realtime_worker.jobs import PaperSize
@@ -385,7 +385,7 @@ def test_more_pixels_than_the_limit_are_refused() -> None:
 
 
 def test_a_file_over_the_byte_limit_is_refused_before_decoding() -> None:
-    ten_mb = imaging.MAX_INPUT_BYTES
+    ten_mb = limits.MAX_INPUT_BYTES
     assert ten_mb == 10 * 1024 * 1024  # the app's upload route refuses anything bigger
     with pytest.raises(PermanentJobError) as caught:
         imaging.prepare_input_photo(b"\xff" * (ten_mb + 1))  # not even an image: never read
