@@ -61,6 +61,20 @@ def http_url(value: str, *, path_allowed: bool) -> str:
     return value.rstrip("/")
 
 
+def stripped(value: Any) -> Any:
+    """Surrounding whitespace removed (a trailing newline is common in a pasted secret)."""
+    return value.strip() if isinstance(value, str) else value
+
+
+def header_safe(value: str) -> str:
+    """A value sent in an HTTP header: printable ASCII without spaces. Never repeats it."""
+    if not value:
+        raise ValueError("must not be empty")
+    if any(not ("!" <= c <= "~") for c in value):
+        raise ValueError("must be printable ASCII without spaces or control characters")
+    return value
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -110,6 +124,18 @@ class WorkerSettings(ToolSettings):
         default_factory=default_worker_id, validation_alias="WORKER_ID", min_length=1
     )
     clean_line_art: bool = Field(True, validation_alias="CLEAN_LINE_ART")
+
+    @field_validator("supabase_url", "supabase_service_role_key", "gemini_api_key",
+                     "gemini_base_url", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return stripped(value)
+
+    @field_validator("supabase_service_role_key", "gemini_api_key")
+    @classmethod
+    def _key(cls, value: SecretStr) -> SecretStr:
+        header_safe(value.get_secret_value())
+        return value
 
     @field_validator("supabase_url")
     @classmethod

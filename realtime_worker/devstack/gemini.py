@@ -514,7 +514,8 @@ def _forced_error(code: int, faults: Faults) -> _ApiError:
 
 
 def _quota_error(faults: Faults, model: str) -> _ApiError:
-    delay = f"{faults.gemini_retry_delay_seconds:g}s"
+    # A protobuf Duration in JSON: decimal seconds, never an exponent ("3000000000s", "45.8s").
+    delay = f"{faults.gemini_retry_delay_seconds:f}".rstrip("0").rstrip(".") + "s"
     period = "PerDay" if faults.gemini_429_per_day else "PerMinute"
     metric = "requests_per_day" if faults.gemini_429_per_day else "requests"
     violation = {

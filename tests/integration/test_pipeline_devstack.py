@@ -24,6 +24,7 @@ from realtime_worker import config, imaging
 from realtime_worker.config import WorkerSettings
 from realtime_worker.devstack.server import Devstack
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
+from realtime_worker.jobs import MAX_RETRY_DELAY_SECONDS
 from realtime_worker.metrics import Metrics
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.queue import SupabaseQueue
@@ -193,6 +194,17 @@ async def test_rate_limit_requeues_after_the_servers_delay(
     await run_worker_once(devstack)
     await check_requeued(conn, user, job_id, "rate_limited")
     assert 40 < await seconds_until_retry(conn, job_id) <= 45
+
+
+async def test_a_retry_delay_beyond_an_int_is_cut_to_a_day(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
+    """``retryDelay`` comes from outside; 3e9 s does not fit ``worker_fail_job``'s int."""
+    devstack.faults.update({"gemini_429_fraction": 1.0, "gemini_retry_delay_seconds": 3e9})
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user)
+    await run_worker_once(devstack)
+    await check_requeued(conn, user, job_id, "rate_limited")
+    assert MAX_RETRY_DELAY_SECONDS - 60 < await seconds_until_retry(conn, job_id) <= MAX_RETRY_DELAY_SECONDS
 
 
 async def test_unavailable_requeues_with_backoff(devstack: Devstack, conn: asyncpg.Connection) -> None:
