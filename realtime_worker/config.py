@@ -109,6 +109,7 @@ class WorkerSettings(ToolSettings):
     gemini_base_url: str | None = Field(None, validation_alias="GEMINI_BASE_URL")
     gemini_model: str = Field(DEFAULT_MODEL, validation_alias="GEMINI_MODEL", min_length=1)
     gemini_timeout_seconds: float = Field(120.0, validation_alias="GEMINI_TIMEOUT_SECONDS", gt=0)
+    job_timeout_seconds: float = Field(300.0, validation_alias="JOB_TIMEOUT_SECONDS", gt=0)
     worker_mode: Literal["realtime", "poll"] = Field("realtime", validation_alias="WORKER_MODE")
     poll_interval_seconds: float = Field(5.0, validation_alias="POLL_INTERVAL_SECONDS", gt=0)
     sweep_interval_seconds: float = Field(30.0, validation_alias="SWEEP_INTERVAL_SECONDS", gt=0)

@@ -73,6 +73,7 @@ class DispatcherSettings:
     backoff: Backoff = field(default_factory=Backoff)
     hint_buffer: int = 1024
     write_timeout_seconds: float = 5.0
+    job_timeout_seconds: float = 300.0  # load, generate, render and upload together
     config_pause: PauseSettings = field(default_factory=PauseSettings)
 
 
@@ -344,14 +345,26 @@ class Dispatcher:
         return None
 
     async def _call(self, run: JobRun) -> Outcome:
-        try:
-            return await self._processor(run.job)
-        except JobError as exc:
-            return exc
-        except Exception:
-            self._log(run).bind(event="job_crashed").exception("processor raised unexpectedly")
-            return RetryableJobError(
-                "Something went wrong on our side", code="internal")
+        """The processor's outcome; one that runs past ``job_timeout_seconds`` is stopped and
+        becomes a retryable ``job_timeout`` (heartbeats alone would keep it running for ever)."""
+        with anyio.move_on_after(self._s.job_timeout_seconds) as deadline:
+            try:
+                return await self._processor(run.job)
+            except JobError as exc:
+                return exc
+            except Exception:
+                if deadline.cancel_called:  # a library that turned the cancellation into an error
+                    return self._timed_out(run)
+                self._log(run).bind(event="job_crashed").exception("processor raised unexpectedly")
+                return RetryableJobError(
+                    "Something went wrong on our side", code="internal")
+        return self._timed_out(run)
+
+    def _timed_out(self, run: JobRun) -> RetryableJobError:
+        self._metrics.timed_out.inc()
+        self._log(run).bind(event="job_timed_out", timeout_seconds=self._s.job_timeout_seconds).warning(
+            "the job ran past its time limit and was stopped")
+        return RetryableJobError("Making the page took too long", code="job_timeout")
 
     async def _keep_lease(self, run: JobRun) -> None:
         """Renew the lease every third of it until the run ends or may no longer own its job.

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 HEAVY_MODULES = ("httpx", "aiohttp", "supabase", "realtime", "postgrest", "realtime_worker.transport")
 
 
+# The longest one REST or Storage call may take, whole (each read has 30 s besides): inputs and
+# outputs are a few MB at most, RPC answers a few KB.
+HTTP_TOTAL_SECONDS = 60.0
+
 # Young-generation threshold once start-up is over (CPython's default is 700 allocations).
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -94,7 +98,8 @@ async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient
 
     from realtime_worker import transport
 
-    http = transport.client(timeout=30.0, connect_timeout=5.0, max_connections=64)
+    http = transport.client(timeout=30.0, connect_timeout=5.0, max_connections=64,
+                            total_timeout=HTTP_TOTAL_SECONDS)
     try:
         options = AsyncClientOptions(httpx_client=http, postgrest_client_timeout=30)
         yield await acreate_client(settings.supabase_url,
@@ -214,6 +219,7 @@ class Worker:
         return DispatcherSettings(worker_id=s.worker_id, max_concurrent_jobs=s.max_concurrent_jobs,
                                   lease_seconds=s.lease_seconds,
                                   shutdown_grace_seconds=s.shutdown_grace_seconds,
+                                  job_timeout_seconds=s.job_timeout_seconds,
                                   config_pause=self._config_pause)
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:

@@ -26,6 +26,8 @@ class Faults:
     storage_error_fraction: float = 0.0
     storage_error_status: int = 503
     storage_error_path_suffix: str = ""  # when set, only requests whose path ends with it fail
+    storage_drip_fraction: float = 0.0  # answers sent one byte every storage_drip_seconds
+    storage_drip_seconds: float = 5.0
     # Gemini
     gemini_429_fraction: float = 0.0
     gemini_retry_delay_seconds: float = 7.0

@@ -143,6 +143,7 @@ def test_dotenv_in_working_directory_is_read(monkeypatch: pytest.MonkeyPatch, cl
     ("SWEEP_INTERVAL_SECONDS", "-3"),
     ("SHUTDOWN_GRACE_SECONDS", "soon"),
     ("GEMINI_TIMEOUT_SECONDS", "0"),
+    ("JOB_TIMEOUT_SECONDS", "0"),
     ("LOG_FORMAT", "xml"),
     ("LOG_LEVEL", "loud"),
     ("PAUSE_WORKER", "maybe"),
