@@ -45,6 +45,7 @@ from realtime_worker.jobs import Backoff, Job, JobResult, lease_owner, retry_del
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import ConfigBreaker, PauseSettings, PauseStatus
 from realtime_worker.queue import JobQueue
+from realtime_worker.timer import WakeTimer
 
 Outcome = JobResult | JobError
 
@@ -136,6 +137,7 @@ class Dispatcher:
         self._breaker = ConfigBreaker(settings.config_pause)
         self._serving = False  # run(), not drain(): the end of a pause wakes the loop
         self._resume: anyio.CancelScope | None = None
+        self._retry_timer = WakeTimer(lambda: self.wake(None, "retry_due"))
         self.last_tick = time.monotonic()
 
     @property
@@ -193,6 +195,7 @@ class Dispatcher:
         self._send.close()
         if self._resume is not None:
             self._resume.cancel()
+        self._retry_timer.cancel()
         with anyio.move_on_after(self._s.shutdown_grace_seconds):
             await self._claims_answered.wait()
             await self.wait_idle()
@@ -433,6 +436,7 @@ class Dispatcher:
         status = await self._queue.fail(job.id, run.claim.owner, error.user_message, error.code, delay)
         log = log.bind(error_code=error.code, retry_in_seconds=delay)
         if status == "queued":
+            self._due_again(delay)
             self._metrics.retried.labels(error.code).inc()
             log.bind(event="job_retry_scheduled").warning(f"retry scheduled: {error.user_message}")
         elif status == "failed":
@@ -486,6 +490,12 @@ class Dispatcher:
             logger.bind(event="claims_resumed", worker=self._s.worker_id).info(
                 "the pause is over: claiming again")
             self.wake(None, "resume")
+
+    def _due_again(self, delay: int | None) -> None:
+        """While serving, claim a job put back for a retry when it is due, not at the next sweep
+        (``run_after`` was set from the database's clock when the call began: a little earlier)."""
+        if self._serving and not self._stopping and self._tg is not None and delay is not None:
+            self._retry_timer.arm(self._tg, delay)
 
     async def _release(self, run: JobRun, reason: str) -> None:
         try:

@@ -568,3 +568,45 @@ async def test_a_claim_answered_late_renews_its_lease_at_once() -> None:
             queue.answer.set()
     assert queue.status(job_id) == JobStatus.SUCCEEDED
     assert "heartbeat" in queue.calls
+
+
+def quick_retries(queue: InMemoryQueue, processor: object, metrics: Metrics) -> Dispatcher:
+    """A dispatcher whose own backoff is negligible: the scripted ``retry_after`` decides."""
+    settings = DispatcherSettings(worker_id="w1", max_concurrent_jobs=2, lease_seconds=30,
+                                  shutdown_grace_seconds=0.5, backoff=Backoff(base_seconds=0.01))
+    return Dispatcher(queue, processor, settings, metrics)  # type: ignore[arg-type]
+
+
+async def test_a_retry_is_claimed_when_it_is_due_without_waiting_for_a_sweep() -> None:
+    queue, processor, metrics = InMemoryQueue(), ScriptedProcessor(), Metrics()
+    job_id = queue.add({"script": {"fail": "retryable", "retry_after": 1}}, max_attempts=2)
+    dispatcher = quick_retries(queue, processor, metrics)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(None, "sweep")  # the only wake-up from outside
+            await wait_for(lambda: queue.status(job_id) == JobStatus.FAILED, within=3)
+            await dispatcher.shutdown()
+    assert processor.calls[job_id] == 2
+    assert sample(metrics, "worker_jobs_claimed_total", source="retry_due") == 1
+
+
+async def test_a_pending_retry_timer_does_not_hold_shutdown_open() -> None:
+    queue, processor, metrics = InMemoryQueue(), ScriptedProcessor(), Metrics()
+    queue.add({"script": {"fail": "retryable", "retry_after": 600}})
+    dispatcher = quick_retries(queue, processor, metrics)
+    stopped = anyio.Event()
+
+    async def serve(*, task_status: TaskStatus[None]) -> None:
+        await dispatcher.run(task_status=task_status)
+        stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(serve)
+        dispatcher.wake(None, "sweep")
+        with anyio.fail_after(5):
+            await wait_for(lambda: sample(metrics, "worker_jobs_retried_total",
+                                          code="scripted_retryable") == 1 and not dispatcher.in_flight)
+        with anyio.fail_after(1):
+            await dispatcher.shutdown()
+            await stopped.wait()
