@@ -28,8 +28,9 @@ STEP = 0.01
 
 
 async def row(conn: asyncpg.Connection, job_id: uuid.UUID) -> asyncpg.Record:
-    record: asyncpg.Record = await conn.fetchrow(
+    record = await conn.fetchrow(
         "select status, attempts, run_after, heartbeat_at from public.jobs where id = $1", job_id)
+    assert record is not None, f"job {job_id} is gone"
     return record
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from uuid import UUID
 
@@ -507,6 +507,12 @@ async def test_shutdown_during_a_pause_is_prompt() -> None:
     queue, gemini = InMemoryQueue(), Revoked()
     queue.add()
     dispatcher = make(queue, gemini, pause=PauseSettings(initial_seconds=600))
+    # The cool-down's own wake-up must not hold the loop open.
+    await shutdown_is_prompt(dispatcher, lambda: dispatcher.pause_status() is not None)
+
+
+async def shutdown_is_prompt(dispatcher: Dispatcher, settled: Callable[[], bool]) -> None:
+    """Serve, wake once, wait until ``settled()`` and no job runs; shutdown ends within 1 s."""
     stopped = anyio.Event()
 
     async def serve(*, task_status: TaskStatus[None]) -> None:
@@ -517,8 +523,8 @@ async def test_shutdown_during_a_pause_is_prompt() -> None:
         await tg.start(serve)
         dispatcher.wake(None, "sweep")
         with anyio.fail_after(5):
-            await wait_for(lambda: dispatcher.pause_status() is not None and not dispatcher.in_flight)
-        with anyio.fail_after(1):  # the cool-down's own wake-up must not hold the loop open
+            await wait_for(lambda: settled() and not dispatcher.in_flight)
+        with anyio.fail_after(1):
             await dispatcher.shutdown()
             await stopped.wait()
 
@@ -595,18 +601,5 @@ async def test_a_pending_retry_timer_does_not_hold_shutdown_open() -> None:
     queue, processor, metrics = InMemoryQueue(), ScriptedProcessor(), Metrics()
     queue.add({"script": {"fail": "retryable", "retry_after": 600}})
     dispatcher = quick_retries(queue, processor, metrics)
-    stopped = anyio.Event()
-
-    async def serve(*, task_status: TaskStatus[None]) -> None:
-        await dispatcher.run(task_status=task_status)
-        stopped.set()
-
-    async with anyio.create_task_group() as tg:
-        await tg.start(serve)
-        dispatcher.wake(None, "sweep")
-        with anyio.fail_after(5):
-            await wait_for(lambda: sample(metrics, "worker_jobs_retried_total",
-                                          code="scripted_retryable") == 1 and not dispatcher.in_flight)
-        with anyio.fail_after(1):
-            await dispatcher.shutdown()
-            await stopped.wait()
+    await shutdown_is_prompt(dispatcher, lambda: sample(
+        metrics, "worker_jobs_retried_total", code="scripted_retryable") == 1)
