@@ -9,6 +9,7 @@ Everything binds to or talks to 127.0.0.1 (or the server's Unix socket) only.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 import time
@@ -69,16 +70,35 @@ class EmbeddedPostgres:
 
     def restart(self) -> float:
         """``pg_ctl restart -m fast`` (every connection is cut); returns the seconds it took."""
+        return self._pg_ctl("restart")
+
+    def halt(self) -> float:
+        """``pg_ctl stop -m fast``: an outage that lasts until :meth:`resume`."""
+        return self._pg_ctl("stop")
+
+    def resume(self) -> float:
+        """``pg_ctl start`` after :meth:`halt`, with the options the server last ran with (its
+        socket folder) that ``restart`` would reuse by itself."""
+        embedded: Any = self.server.embedded
+        args = shlex.split((Path(embedded.pgdata) / "postmaster.opts").read_text())[1:]
+        if "-D" in args:  # pg_ctl names the data folder itself
+            at = args.index("-D")
+            del args[at:at + 2]
+        return self._pg_ctl("start", "-o", shlex.join(args))
+
+    def _pg_ctl(self, action: str, *options: str) -> float:
         from pgserver import _commands  # a development dependency
         from pgserver.utils import PostmasterInfo
 
         embedded: Any = self.server.embedded
         pg_ctl: Any = _commands.__dict__["pg_ctl"]  # pgserver defines its commands at import
         started = time.monotonic()
-        pg_ctl(["-w", "-m", "fast", "-l", str(embedded.log), "restart"],
-                         pgdata=embedded.pgdata, user=embedded.system_user, timeout=60)
-        # pgserver remembers the old postmaster; without this it would not stop the new one.
-        embedded._postmaster_info = PostmasterInfo.read_from_pgdata(embedded.pgdata)
+        mode = ["-m", "fast"] if action != "start" else []
+        pg_ctl(["-w", *mode, *options, "-l", str(embedded.log), action],
+               pgdata=embedded.pgdata, user=embedded.system_user, timeout=60)
+        if action != "stop":
+            # pgserver remembers the old postmaster; without this it would not stop the new one.
+            embedded._postmaster_info = PostmasterInfo.read_from_pgdata(embedded.pgdata)
         return time.monotonic() - started
 
     def stop(self) -> None:
