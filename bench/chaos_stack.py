@@ -161,6 +161,10 @@ async def _wait_for_file(process: Process, path: Path, *, within: float) -> None
 # --- workers ------------------------------------------------------------------------------------
 
 
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 @dataclass(frozen=True)
 class Kill:
     """One ``kill -9``: which worker, when (epoch seconds, the clock Postgres uses too)."""
@@ -196,6 +200,13 @@ class WorkerFleet:
         command = [sys.executable, "-m", "realtime_worker", "run"]
         env = {**self.env, "WORKER_ID": worker_id}
         self.processes[slot] = await spawn(command, env, self.run_dir / f"{worker_id}.log", self.run_dir)
+
+    def working(self) -> list[int]:
+        """Slots whose worker got through start-up (its pipeline is ready): the ones worth a kill.
+        On a busy machine a start-up can outlast the kill interval, and a fleet killed while
+        starting would stop doing jobs at all."""
+        return [slot for slot in range(self.size)
+                if '"pipeline_ready"' in _text(self.run_dir / f"{self.worker_id(slot)}.log")]
 
     async def kill_and_restart(self, slot: int) -> Kill:
         async with self._lock:

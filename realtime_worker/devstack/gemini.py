@@ -240,6 +240,8 @@ class GeminiFake:
             raise _ApiError(503, MESSAGES[503])
         if faults.chance(faults.gemini_slow_fraction):
             await self._sleep(request, faults.gemini_slow_seconds)
+        if faults.chance(faults.gemini_hang_fraction):
+            await self._sleep(request, HANG_SECONDS)
         body = self._refusal(model, parsed)
         if body is None:  # drawing takes milliseconds of CPU: keep it off the event loop
             body = await anyio.to_thread.run_sync(_image_answer, model, parsed)
@@ -511,6 +513,9 @@ def _forced_error(code: int, faults: Faults) -> _ApiError:
             ],
         )
     return _ApiError(code, MESSAGES.get(code, f"Forced status {code}."))
+
+
+HANG_SECONDS = 24 * 3600.0  # a call that hangs: longer than any client waits
 
 
 def _quota_error(faults: Faults, model: str) -> _ApiError:

@@ -270,7 +270,7 @@ class Storage:
                 return StorageError(status, "InternalError", "Injected fault", http_status=status).response()
             try:
                 response: web.StreamResponse = await inner(request)
-                if self._faults.chance(self._faults.storage_drip_fraction):
+                if request.method == "GET" and self._faults.chance(self._faults.storage_drip_fraction):
                     return await drip(request, response, self._faults.storage_drip_seconds)
                 return response
             except StorageError as err:
