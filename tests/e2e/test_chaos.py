@@ -15,12 +15,13 @@ from bench.chaos import ChaosConfig, run_chaos
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.timeout(240),
+    pytest.mark.timeout(300),
     # google-genai subclasses aiohttp.ClientSession for every session it opens.
     pytest.mark.filterwarnings("ignore:Inheritance class Aiohttp:DeprecationWarning"),
 ]
 
-SHORT = ChaosConfig(jobs=200, seed=20261128, insert_seconds=30, budget_seconds=100,
+# The key refused for 5 s still pauses each worker it reaches for the 30 s cool-down.
+SHORT = ChaosConfig(jobs=200, seed=20261128, insert_seconds=30, budget_seconds=150,
                     key_reject_seconds=5)
 
 
@@ -28,4 +29,4 @@ async def test_short_chaos_run_loses_nothing_and_charges_once() -> None:
     result = await run_chaos(SHORT)
     failed = [f"{c.name}: {c.value} (expected {c.expected})" for c in result.verdict.checks if not c.ok]
     assert not failed, "\n".join(failed) + "\n" + result.text
-    assert result.seconds < 150, f"the short chaos run took {result.seconds:.0f} s"
+    assert result.seconds < 200, f"the short chaos run took {result.seconds:.0f} s"
