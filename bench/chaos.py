@@ -93,7 +93,7 @@ class ChaosConfig:
     kill_every: tuple[float, float] = (3.0, 6.0)
     cut_every: tuple[float, float] = (2.0, 5.0)
     restart_at: float = 0.45  # fraction of the insert phase
-    job_timeout_seconds: float = 15.0
+    job_timeout_seconds: float = 30.0  # well above a job on a busy 2-core machine
     drip_fraction: float = 0.01  # Storage downloads sent a byte every drip_seconds
     drip_seconds: float = 1.0
     gemini_hang_fraction: float = 0.01
