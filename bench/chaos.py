@@ -9,8 +9,12 @@ real pipeline (``realtime_worker.pipeline:open_pipeline``) and the fake Gemini.
 
 What goes wrong, from seeded random sources: Realtime drops 20 % of events and every socket is cut
 every few seconds; Gemini answers 5 % 429 and 5 % 503, refuses 2 % (safety) and is slow for 2 %
-(longer than the lease and than the workers' Gemini time-out, so those calls end as time-outs);
-a random worker is ``kill -9``-ed and restarted under a new WORKER_ID every few seconds; Postgres
+(longer than the lease and than the workers' Gemini time-out, so those calls end as time-outs) and
+never answers 1 %; it refuses the API key (401) for a minute late in the insert phase, then takes
+it again; 1 % of Storage downloads drip a byte a second (only JOB_TIMEOUT_SECONDS ends those jobs);
+every fourth user's photo is a large one (12 MP, ~5 MB);
+a random worker is ``kill -9``-ed and restarted under a new WORKER_ID every few seconds (when that
+worker is through its start-up; a round that picks one still starting kills nobody); Postgres
 is restarted once (``pg_ctl restart -m fast``) while jobs are being submitted.
 
 What is checked when every job has ended (or the time budget is spent), each a line of the
@@ -89,6 +93,13 @@ class ChaosConfig:
     kill_every: tuple[float, float] = (3.0, 6.0)
     cut_every: tuple[float, float] = (2.0, 5.0)
     restart_at: float = 0.45  # fraction of the insert phase
+    job_timeout_seconds: float = 30.0  # well above a job on a busy 2-core machine
+    drip_fraction: float = 0.01  # Storage downloads sent a byte every drip_seconds
+    drip_seconds: float = 1.0
+    gemini_hang_fraction: float = 0.01
+    key_reject_at: float = 0.7  # fraction of the insert phase: Gemini answers 401 from then on
+    key_reject_seconds: float = 60.0  # … for this long, then accepts the key again
+    large_photo_every: int = 4  # every n-th user's photo is a large one (large_photo in chaos_load)
     margin_seconds: float = 2.0
     keep: bool = False
 
@@ -104,6 +115,7 @@ class ChaosConfig:
         return {"LEASE_SECONDS": str(self.lease_seconds), "SWEEP_INTERVAL_SECONDS": f"{self.sweep_seconds:g}",
                 "MAX_CONCURRENT_JOBS": str(self.max_concurrent_jobs),
                 "GEMINI_TIMEOUT_SECONDS": f"{self.gemini_timeout_seconds:g}",
+                "JOB_TIMEOUT_SECONDS": f"{self.job_timeout_seconds:g}",
                 "SHUTDOWN_GRACE_SECONDS": "2"}
 
     def faults(self) -> dict[str, Any]:
@@ -112,11 +124,14 @@ class ChaosConfig:
         p429 = 0.05
         p503 = 0.05 / (1 - p429)
         p_slow = 0.02 / ((1 - p429) * (1 - p503))
-        p_safety = 0.02 / ((1 - p429) * (1 - p503) * (1 - p_slow))
+        p_hang = self.gemini_hang_fraction / ((1 - p429) * (1 - p503) * (1 - p_slow))
+        p_safety = 0.02 / ((1 - p429) * (1 - p503) * (1 - p_slow) * (1 - p_hang))
         return {"seed": self.seed, "realtime_drop_fraction": 0.2, "gemini_429_fraction": p429,
                 "gemini_503_fraction": p503, "gemini_retry_delay_seconds": 1.0,
                 "gemini_slow_fraction": p_slow, "gemini_slow_seconds": self.gemini_slow_seconds,
-                "gemini_safety_fraction": p_safety}
+                "gemini_hang_fraction": p_hang, "gemini_safety_fraction": p_safety,
+                "storage_drip_fraction": self.drip_fraction,
+                "storage_drip_seconds": self.drip_seconds}
 
     def rng(self, stream: str) -> random.Random:
         return random.Random(f"{self.seed}/{stream}")
@@ -234,7 +249,7 @@ async def _prepare_users(run: Run) -> list[load.User]:
     conn = await asyncpg.connect(run.dsn)
     try:
         users = await load.make_users(conn, run.config.users, run.config.rng("users"))
-        await load.upload_photos(conn, run.http, users)
+        await load.upload_photos(conn, run.http, users, run.config.large_photo_every)
         await run.fleet.start()
         await load.make_pages(conn, users, within=120)
     finally:
@@ -246,7 +261,7 @@ async def _prepare_users(run: Run) -> list[load.User]:
 def _facts(run: Run, users: list[load.User], submitter: load.Submitter,
            gemini: list[dict[str, Any]]) -> Facts:
     d, c = run.disruptions, run.config
-    photo = imaging.prepare_input_photo(load.PHOTO.read_bytes())
+    photos = {load.PHOTO.read_bytes(), load.large_photo()}
     logs = sorted(run.run_dir.glob("w*-gen*.log"))
     return Facts(
         start_balances={u.id: u.start_balance for u in users},
@@ -254,7 +269,8 @@ def _facts(run: Run, users: list[load.User], submitter: load.Submitter,
         crashes=d.crashes, timed_out=d.timed_out, exit_codes=d.exit_codes,
         started={log.stem for log in logs if _has_started(log)}, restart=d.restart,
         lease_seconds=c.lease_seconds, sweep_seconds=c.sweep_seconds, margin_seconds=c.margin_seconds,
-        storage_root=run.devstack.data_dir / "storage", photo_sha256=hashlib.sha256(photo).hexdigest(),
+        storage_root=run.devstack.data_dir / "storage", photo_sha256s=frozenset(
+            hashlib.sha256(imaging.prepare_input_photo(p)).hexdigest() for p in photos),
         gemini=gemini, claims_by_source=claims_by_source(logs, d.restart[0] if d.restart else None),
         stalls=d.stalls, realtime_events=d.realtime_events, gemini_history=gemini_history(c))
 
@@ -281,6 +297,7 @@ async def chaos_phase(run: Run, submitter: load.Submitter, specs: list[load.JobS
         tg.start_soon(_kill_loop, run)
         tg.start_soon(_cut_loop, run)
         tg.start_soon(_restart_once, run, config.restart_at * config.insert_seconds)
+        tg.start_soon(_reject_key_once, run, config.key_reject_at * config.insert_seconds)
         tg.start_soon(_probe_loop, run)
         tg.start_soon(_realtime_probe, run)
         await _wait_until_done(run, submitter, inserted, deadline)
@@ -292,7 +309,9 @@ async def _kill_loop(run: Run) -> None:
     while True:
         await anyio.sleep(rng.uniform(*low_high))
         run.disruptions.crashes += await run.fleet.revive_crashed()
-        await run.fleet.kill_and_restart(rng.randrange(run.fleet.size))
+        slot = rng.randrange(run.fleet.size)
+        if slot in run.fleet.working():  # else this round kills nobody: see WorkerFleet.working
+            await run.fleet.kill_and_restart(slot)
 
 
 async def _cut_loop(run: Run) -> None:
@@ -311,6 +330,18 @@ async def _restart_once(run: Run, after: float) -> None:
     run.out("restarting Postgres (pg_ctl restart -m fast)")
     run.disruptions.restart = await restart_postgres(run.pg)
     run.out(f"Postgres back after {run.disruptions.restart[1]:.2f} s")
+
+
+async def _reject_key_once(run: Run, after: float) -> None:
+    """Gemini refuses the key (401) for ``key_reject_seconds``, then takes it again: the workers
+    pause claiming, give jobs back uncounted, and resume by themselves."""
+    await anyio.sleep(after)
+    seconds = run.config.key_reject_seconds
+    run.out(f"Gemini rejects the API key (401) for {seconds:g} s")
+    (await run.http.post("/admin/faults", json={"gemini_status": 401})).raise_for_status()
+    await anyio.sleep(seconds)
+    (await run.http.post("/admin/faults", json={"gemini_status": None})).raise_for_status()
+    run.out("Gemini accepts the API key again")
 
 
 async def _probe_loop(run: Run) -> None:
@@ -396,7 +427,11 @@ def _report(config: ChaosConfig, verdict: Verdict, seconds: float) -> str:
         f"{config.cut_every[0]:g}-{config.cut_every[1]:g} s; Gemini 429 5 %, 503 5 %, slow 2 % "
         f"({config.gemini_slow_seconds:g} s), safety 2 %; kill -9 every {config.kill_every[0]:g}-"
         f"{config.kill_every[1]:g} s; one Postgres restart at {config.restart_at:.0%} of the "
-        f"{config.insert_seconds:g} s insert phase",
+        f"{config.insert_seconds:g} s insert phase; Gemini hangs {config.gemini_hang_fraction:.0%}, "
+        f"rejects the key (401) for {config.key_reject_seconds:g} s at {config.key_reject_at:.0%} of it; "
+        f"Storage downloads drip (a byte every {config.drip_seconds:g} s) {config.drip_fraction:.0%}; "
+        f"every {config.large_photo_every}th user's photo is large; "
+        f"JOB_TIMEOUT_SECONDS={config.job_timeout_seconds:g}",
         "",
         render(verdict),
         "",

@@ -126,7 +126,7 @@ class Facts:
     sweep_seconds: float
     margin_seconds: float
     storage_root: Path
-    photo_sha256: str
+    photo_sha256s: frozenset[str]  # what Gemini gets of each user photo (the sample, the large one)
     gemini: list[dict[str, Any]]
     claims_by_source: dict[str, Counter[str]]  # "before"/"after" the restart → source → claims
     stalls: list[tuple[float, float]]  # (from, to) epoch: the stack answered nothing for > STALL
@@ -365,7 +365,8 @@ def calls_per_job(snap: Snapshot, gemini: list[dict[str, Any]]) -> tuple[Counter
     return calls, unmatched
 
 
-def image_mismatches(snap: Snapshot, gemini: list[dict[str, Any]], photo_sha256: str) -> list[str]:
+def image_mismatches(snap: Snapshot, gemini: list[dict[str, Any]],
+                     photo_sha256s: frozenset[str]) -> list[str]:
     """Text requests carry no image; image and edit requests one (image jobs: the user's photo)."""
     kinds = {j.token: j.kind for j in snap.jobs.values() if j.token}
     wrong = []
@@ -374,7 +375,8 @@ def image_mismatches(snap: Snapshot, gemini: list[dict[str, Any]], photo_sha256:
         kind = kinds.get(tokens[0]) if tokens else None
         hashes = list(request.get("image_sha256") or [])
         expected = 0 if kind == "text" else 1
-        if kind is not None and (len(hashes) != expected or (kind == "image" and hashes[0] != photo_sha256)):
+        wrong_photo = kind == "image" and bool(hashes) and hashes[0] not in photo_sha256s
+        if kind is not None and (len(hashes) != expected or wrong_photo):
             wrong.append(f"{kind} request with {len(hashes)} image(s)")
     return wrong
 
@@ -386,7 +388,7 @@ def check_generator(verdict: Verdict, snap: Snapshot, facts: Facts) -> None:
                   f"< {facts.gemini_history}", len(facts.gemini) < facts.gemini_history)
     verdict.zero("Gemini requests matching no single job", unmatched)
     verdict.zero("requests with the wrong input image",
-                 image_mismatches(snap, facts.gemini, facts.photo_sha256))
+                 image_mismatches(snap, facts.gemini, facts.photo_sha256s))
     verdict.zero("jobs with more Gemini calls than claims",
                  [j for j, n in calls.items() if n > claims.get(j, 0)])
     verdict.zero("succeeded jobs never sent to Gemini",

@@ -9,6 +9,8 @@ looked up by its token before it is tried again, so no job is ever submitted twi
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import random
 import secrets
@@ -29,6 +31,7 @@ from realtime_worker.devstack import users as app_users
 T = TypeVar("T")
 DATABASE = "chaos"
 PHOTO = Path(__file__).resolve().parents[1] / "fixtures" / "photos" / "sample_photo.jpg"
+LARGE_SIZE = (4000, 3000)
 TOKEN_PREFIX = "chaos"
 KINDS = ("text", "image", "edit")
 KIND_WEIGHTS = (0.45, 0.35, 0.20)
@@ -130,10 +133,24 @@ async def make_users(conn: asyncpg.Connection, count: int, rng: random.Random) -
     return made
 
 
-async def upload_photos(conn: asyncpg.Connection, http: httpx.AsyncClient, users: list[User]) -> None:
-    """The app's upload for each user: the photo in ``originals/<user>/``, then its asset row."""
-    photo = PHOTO.read_bytes()
-    for user in users:
+@functools.cache
+def large_photo() -> bytes:
+    """A 12-megapixel JPEG (a phone camera's), a few MB: within the app's 10 MB upload limit."""
+    from PIL import Image  # the harness's own dependency here, through the worker's
+
+    big = Image.open(PHOTO).convert("RGB").resize(LARGE_SIZE, Image.Resampling.BICUBIC)
+    grain = Image.effect_noise(LARGE_SIZE, 48).convert("RGB")  # a sensor's grain: MBs, not KBs
+    out = io.BytesIO()
+    Image.blend(big, grain, 0.2).save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+async def upload_photos(conn: asyncpg.Connection, http: httpx.AsyncClient, users: list[User],
+                        large_every: int = 0) -> None:
+    """The app's upload for each user: the photo in ``originals/<user>/``, then its asset row;
+    every ``large_every``-th user's is :func:`large_photo`."""
+    for index, user in enumerate(users):
+        photo = large_photo() if large_every and index % large_every == 0 else PHOTO.read_bytes()
         name = f"{user.id}/photo.jpg"
         response = await http.post(f"/storage/v1/object/originals/{name}", content=photo,
                                    headers={"Content-Type": "image/jpeg"})

@@ -9,6 +9,7 @@ Everything binds to or talks to 127.0.0.1 (or the server's Unix socket) only.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 import time
@@ -69,16 +70,35 @@ class EmbeddedPostgres:
 
     def restart(self) -> float:
         """``pg_ctl restart -m fast`` (every connection is cut); returns the seconds it took."""
+        return self._pg_ctl("restart")
+
+    def halt(self) -> float:
+        """``pg_ctl stop -m fast``: an outage that lasts until :meth:`resume`."""
+        return self._pg_ctl("stop")
+
+    def resume(self) -> float:
+        """``pg_ctl start`` after :meth:`halt`, with the options the server last ran with (its
+        socket folder) that ``restart`` would reuse by itself."""
+        embedded: Any = self.server.embedded
+        args = shlex.split((Path(embedded.pgdata) / "postmaster.opts").read_text())[1:]
+        if "-D" in args:  # pg_ctl names the data folder itself
+            at = args.index("-D")
+            del args[at:at + 2]
+        return self._pg_ctl("start", "-o", shlex.join(args))
+
+    def _pg_ctl(self, action: str, *options: str) -> float:
         from pgserver import _commands  # a development dependency
         from pgserver.utils import PostmasterInfo
 
         embedded: Any = self.server.embedded
         pg_ctl: Any = _commands.__dict__["pg_ctl"]  # pgserver defines its commands at import
         started = time.monotonic()
-        pg_ctl(["-w", "-m", "fast", "-l", str(embedded.log), "restart"],
-                         pgdata=embedded.pgdata, user=embedded.system_user, timeout=60)
-        # pgserver remembers the old postmaster; without this it would not stop the new one.
-        embedded._postmaster_info = PostmasterInfo.read_from_pgdata(embedded.pgdata)
+        mode = ["-m", "fast"] if action != "start" else []
+        pg_ctl(["-w", *mode, *options, "-l", str(embedded.log), action],
+               pgdata=embedded.pgdata, user=embedded.system_user, timeout=60)
+        if action != "stop":
+            # pgserver remembers the old postmaster; without this it would not stop the new one.
+            embedded._postmaster_info = PostmasterInfo.read_from_pgdata(embedded.pgdata)
         return time.monotonic() - started
 
     def stop(self) -> None:
@@ -141,6 +161,10 @@ async def _wait_for_file(process: Process, path: Path, *, within: float) -> None
 # --- workers ------------------------------------------------------------------------------------
 
 
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 @dataclass(frozen=True)
 class Kill:
     """One ``kill -9``: which worker, when (epoch seconds, the clock Postgres uses too)."""
@@ -176,6 +200,13 @@ class WorkerFleet:
         command = [sys.executable, "-m", "realtime_worker", "run"]
         env = {**self.env, "WORKER_ID": worker_id}
         self.processes[slot] = await spawn(command, env, self.run_dir / f"{worker_id}.log", self.run_dir)
+
+    def working(self) -> list[int]:
+        """Slots whose worker got through start-up (its pipeline is ready): the ones worth a kill.
+        On a busy machine a start-up can outlast the kill interval, and a fleet killed while
+        starting would stop doing jobs at all."""
+        return [slot for slot in range(self.size)
+                if '"pipeline_ready"' in _text(self.run_dir / f"{self.worker_id(slot)}.log")]
 
     async def kill_and_restart(self, slot: int) -> Kill:
         async with self._lock:

@@ -1,5 +1,5 @@
 import sys
 
-from realtime_worker.cli import main
+from realtime_worker.entry import main
 
 sys.exit(main())

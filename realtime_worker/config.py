@@ -62,6 +62,20 @@ def http_url(value: str, *, path_allowed: bool) -> str:
     return value.rstrip("/")
 
 
+def stripped(value: Any) -> Any:
+    """Surrounding whitespace removed (a trailing newline is common in a pasted secret)."""
+    return value.strip() if isinstance(value, str) else value
+
+
+def header_safe(value: str) -> str:
+    """A value sent in an HTTP header: printable ASCII without spaces. Never repeats it."""
+    if not value:
+        raise ValueError("must not be empty")
+    if any(not ("!" <= c <= "~") for c in value):
+        raise ValueError("must be printable ASCII without spaces or control characters")
+    return value
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -96,6 +110,7 @@ class WorkerSettings(ToolSettings):
     gemini_base_url: str | None = Field(None, validation_alias="GEMINI_BASE_URL")
     gemini_model: str = Field(DEFAULT_MODEL, validation_alias="GEMINI_MODEL", min_length=1)
     gemini_timeout_seconds: float = Field(120.0, validation_alias="GEMINI_TIMEOUT_SECONDS", gt=0)
+    job_timeout_seconds: float = Field(300.0, validation_alias="JOB_TIMEOUT_SECONDS", gt=0)
     worker_mode: Literal["realtime", "poll"] = Field("realtime", validation_alias="WORKER_MODE")
     poll_interval_seconds: float = Field(5.0, validation_alias="POLL_INTERVAL_SECONDS", gt=0)
     sweep_interval_seconds: float = Field(30.0, validation_alias="SWEEP_INTERVAL_SECONDS", gt=0)
@@ -119,6 +134,18 @@ class WorkerSettings(ToolSettings):
                                   ge=1, le=150_000_000)
     max_output_pixels: int = Field(limits.MAX_OUTPUT_PIXELS,
                                    validation_alias="MAX_OUTPUT_PIXELS", ge=1, le=150_000_000)
+
+    @field_validator("supabase_url", "supabase_service_role_key", "gemini_api_key",
+                     "gemini_base_url", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return stripped(value)
+
+    @field_validator("supabase_service_role_key", "gemini_api_key")
+    @classmethod
+    def _key(cls, value: SecretStr) -> SecretStr:
+        header_safe(value.get_secret_value())
+        return value
 
     @field_validator("supabase_url")
     @classmethod

@@ -45,6 +45,7 @@ from realtime_worker.jobs import Backoff, Job, JobResult, lease_owner, retry_del
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import ConfigBreaker, PauseSettings, PauseStatus
 from realtime_worker.queue import JobQueue
+from realtime_worker.timer import WakeTimer
 
 Outcome = JobResult | JobError
 
@@ -73,6 +74,7 @@ class DispatcherSettings:
     backoff: Backoff = field(default_factory=Backoff)
     hint_buffer: int = 1024
     write_timeout_seconds: float = 5.0
+    job_timeout_seconds: float = 300.0  # load, generate, render and upload together
     config_pause: PauseSettings = field(default_factory=PauseSettings)
 
 
@@ -135,6 +137,7 @@ class Dispatcher:
         self._breaker = ConfigBreaker(settings.config_pause)
         self._serving = False  # run(), not drain(): the end of a pause wakes the loop
         self._resume: anyio.CancelScope | None = None
+        self._retry_timer = WakeTimer(lambda: self.wake(None, "retry_due"))
         self.last_tick = time.monotonic()
 
     @property
@@ -192,6 +195,7 @@ class Dispatcher:
         self._send.close()
         if self._resume is not None:
             self._resume.cancel()
+        self._retry_timer.cancel()
         with anyio.move_on_after(self._s.shutdown_grace_seconds):
             await self._claims_answered.wait()
             await self.wait_idle()
@@ -344,14 +348,26 @@ class Dispatcher:
         return None
 
     async def _call(self, run: JobRun) -> Outcome:
-        try:
-            return await self._processor(run.job)
-        except JobError as exc:
-            return exc
-        except Exception:
-            self._log(run).bind(event="job_crashed").exception("processor raised unexpectedly")
-            return RetryableJobError(
-                "Something went wrong on our side", code="internal")
+        """The processor's outcome; one that runs past ``job_timeout_seconds`` is stopped and
+        becomes a retryable ``job_timeout`` (heartbeats alone would keep it running for ever)."""
+        with anyio.move_on_after(self._s.job_timeout_seconds) as deadline:
+            try:
+                return await self._processor(run.job)
+            except JobError as exc:
+                return exc
+            except Exception:
+                if deadline.cancel_called:  # a library that turned the cancellation into an error
+                    return self._timed_out(run)
+                self._log(run).bind(event="job_crashed").exception("processor raised unexpectedly")
+                return RetryableJobError(
+                    "Something went wrong on our side", code="internal")
+        return self._timed_out(run)
+
+    def _timed_out(self, run: JobRun) -> RetryableJobError:
+        self._metrics.timed_out.inc()
+        self._log(run).bind(event="job_timed_out", timeout_seconds=self._s.job_timeout_seconds).warning(
+            "the job ran past its time limit and was stopped")
+        return RetryableJobError("Making the page took too long", code="job_timeout")
 
     async def _keep_lease(self, run: JobRun) -> None:
         """Renew the lease every third of it until the run ends or may no longer own its job.
@@ -420,6 +436,7 @@ class Dispatcher:
         status = await self._queue.fail(job.id, run.claim.owner, error.user_message, error.code, delay)
         log = log.bind(error_code=error.code, retry_in_seconds=delay)
         if status == "queued":
+            self._due_again(delay)
             self._metrics.retried.labels(error.code).inc()
             log.bind(event="job_retry_scheduled").warning(f"retry scheduled: {error.user_message}")
         elif status == "failed":
@@ -473,6 +490,12 @@ class Dispatcher:
             logger.bind(event="claims_resumed", worker=self._s.worker_id).info(
                 "the pause is over: claiming again")
             self.wake(None, "resume")
+
+    def _due_again(self, delay: int | None) -> None:
+        """While serving, claim a job put back for a retry when it is due, not at the next sweep
+        (``run_after`` was set from the database's clock when the call began: a little earlier)."""
+        if self._serving and not self._stopping and self._tg is not None and delay is not None:
+            self._retry_timer.arm(self._tg, delay)
 
     async def _release(self, run: JobRun, reason: str) -> None:
         try:

@@ -40,7 +40,11 @@ class HealthState:
     config_pause: Callable[[], PauseStatus | None] = _no_config_pause
     database_ok_at: float | None = None
     database_check: Callable[[], Awaitable[None]] | None = None
-    database_fresh_seconds: float = 30.0
+    # /ready trusts a database call that went through this recently, else it asks (a ping that
+    # gets this long). So it turns 503 within fresh + ping seconds of an outage, 200 again at the
+    # first ping that goes through, and an idle worker nobody asks makes no request for it.
+    database_fresh_seconds: float = 2.0
+    database_ping_seconds: float = 2.0
     started_at: float = field(default_factory=time.monotonic)
 
     def mark_database_ok(self) -> None:
@@ -55,12 +59,14 @@ class HealthState:
             time.monotonic() - self.database_ok_at < self.database_fresh_seconds)
         if fresh or self.database_check is None:
             return fresh
-        try:
-            await self.database_check()
-        except Exception:
-            return False
-        self.mark_database_ok()
-        return True
+        with anyio.move_on_after(self.database_ping_seconds):
+            try:
+                await self.database_check()
+            except Exception:
+                return False
+            self.mark_database_ok()
+            return True
+        return False
 
 
 def build_app(state: HealthState, metrics: Metrics) -> web.Application:

@@ -281,14 +281,28 @@ class Backoff:
         return max(0.0, min(self.cap_seconds, raw * spread))
 
 
+# The longest wait before a retry: a day. The server's requested delay comes from outside and
+# ends in ``worker_fail_job``'s ``int`` argument, so anything longer (or not a number) is cut here.
+MAX_RETRY_DELAY_SECONDS = 86_400
+
+
 def retry_delay(error: JobError, attempt: int, max_attempts: int,
                 backoff: Backoff, rng: random.Random | None = None) -> int | None:
     """Seconds until the next attempt, or None when the job should fail for good.
 
-    The server's requested delay (``retry_after``) wins over the backoff when it is longer.
+    The server's requested delay (``retry_after``) wins over the backoff when it is longer;
+    either is cut to :data:`MAX_RETRY_DELAY_SECONDS`.
     """
     if not error.retryable or attempt >= max_attempts:
         return None
     if error.max_retries is not None and attempt > error.max_retries:
         return None
-    return math.ceil(max(error.retry_after or 0.0, backoff.delay(attempt, rng)))
+    wanted = max(_finite(error.retry_after), backoff.delay(attempt, rng))
+    return math.ceil(min(wanted, MAX_RETRY_DELAY_SECONDS))
+
+
+def _finite(seconds: float | None) -> float:
+    """A requested delay as a number of seconds >= 0 (NaN and None count as none; +inf stays)."""
+    if seconds is None or math.isnan(seconds):
+        return 0.0
+    return max(seconds, 0.0)

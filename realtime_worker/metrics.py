@@ -29,6 +29,9 @@ class Metrics:
             "worker_config_pauses",
             "Claiming paused because Gemini refused the worker's configuration, by error code",
             ["code"], registry=r)
+        self.timed_out = Counter("worker_jobs_timed_out",
+                                 "Jobs stopped at JOB_TIMEOUT_SECONDS (then retried or failed)",
+                                 registry=r)
         self.in_flight = Gauge("worker_jobs_in_flight", "Jobs running now", registry=r)
         self.duration = Histogram("worker_job_duration_seconds", "Claim to final state",
                                   buckets=_DURATION_BUCKETS, registry=r)

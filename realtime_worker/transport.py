@@ -20,6 +20,7 @@ import ssl
 from typing import Any
 
 import aiohttp
+import anyio
 import certifi
 import httpx
 
@@ -54,10 +55,15 @@ def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """httpx requests over one aiohttp session, created on first use inside the running loop."""
+    """httpx requests over one aiohttp session, created on first use inside the running loop.
 
-    def __init__(self, *, max_connections: int = 64) -> None:
+    httpx's time-outs limit each read; ``total_seconds`` limits the whole call, so an answer
+    that trickles in a byte at a time cannot hold a job (or a heartbeat) for ever.
+    """
+
+    def __init__(self, *, max_connections: int = 64, total_seconds: float | None = None) -> None:
         self._max_connections = max_connections
+        self._total_seconds = total_seconds
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -72,6 +78,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            with anyio.fail_after(self._total_seconds):
+                return await self._send(request)
+        except TimeoutError:  # fail_after's own: _send turns aiohttp's into httpx errors
+            raise httpx.ReadTimeout(f"no whole answer within {self._total_seconds:g} s",
+                                    request=request) from None
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()  # a streamed body is sent with its length instead
         headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "transfer-encoding"]
         try:
@@ -108,8 +122,10 @@ def _extensions(answer: aiohttp.ClientResponse) -> dict[str, Any]:
     return extensions
 
 
-def client(*, timeout: float = 30.0, connect_timeout: float = 5.0,
-           max_connections: int = 64) -> httpx.AsyncClient:
-    """The httpx client to hand to the Supabase client: aiohttp underneath."""
+def client(*, timeout: float = 30.0, connect_timeout: float = 5.0, max_connections: int = 64,
+           total_timeout: float | None = None) -> httpx.AsyncClient:
+    """The httpx client to hand to the Supabase client: aiohttp underneath. ``timeout`` limits
+    each read, ``total_timeout`` a whole call."""
+    transport = AiohttpTransport(max_connections=max_connections, total_seconds=total_timeout)
     return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                             transport=AiohttpTransport(max_connections=max_connections))
+                             transport=transport)

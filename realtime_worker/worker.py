@@ -7,9 +7,11 @@ second signal cancels everything at once.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -17,11 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
-import anyio.to_thread
+import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 from loguru import logger
 
-from realtime_worker import health, sweeper
+from realtime_worker import early_signals, health, sweeper
 from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings, Processor
 from realtime_worker.errors import ConfigError
@@ -36,6 +39,10 @@ if TYPE_CHECKING:
 # Imported in a thread once the health server is up (they take seconds on a small machine).
 HEAVY_MODULES = ("httpx", "aiohttp", "supabase", "realtime", "postgrest", "realtime_worker.transport")
 
+
+# The longest one REST or Storage call may take, whole (each read has 30 s besides): inputs and
+# outputs are a few MB at most, RPC answers a few KB.
+HTTP_TOTAL_SECONDS = 60.0
 
 # Young-generation threshold once start-up is over (CPython's default is 700 allocations).
 GC_YOUNG_THRESHOLD = 50_000
@@ -87,6 +94,38 @@ def _load(factory: ProcessorFactory | str) -> ProcessorFactory:
     return load_factory(factory) if isinstance(factory, str) else factory
 
 
+async def load_in_background(factory: ProcessorFactory | str) -> ProcessorFactory:
+    """:func:`_load` in a daemon thread, awaited until cancelled.
+
+    The imports take seconds on a small machine and cannot be interrupted; a stop during them
+    must not wait for them, so the thread is a daemon (not one of anyio's, which the interpreter
+    joins at exit) and a cancelled wait simply leaves it behind.
+    """
+    done, outcome = anyio.Event(), Outcome()
+    token = anyio.lowlevel.current_token()
+
+    def work() -> None:
+        try:
+            outcome.value = _load(factory)
+        except BaseException as exc:  # handed to the waiting task, not lost
+            outcome.error = exc
+        with contextlib.suppress(anyio.RunFinishedError):
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=work, name="start-up imports", daemon=True).start()
+    await done.wait()
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.value is not None
+    return outcome.value
+
+
+@dataclass
+class Outcome:
+    value: ProcessorFactory | None = None
+    error: BaseException | None = None
+
+
 @asynccontextmanager
 async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient]:
     """The one Supabase client for REST and Storage, with an HTTP pool we close ourselves."""
@@ -94,7 +133,8 @@ async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient
 
     from realtime_worker import transport
 
-    http = transport.client(timeout=30.0, connect_timeout=5.0, max_connections=64)
+    http = transport.client(timeout=30.0, connect_timeout=5.0, max_connections=64,
+                            total_timeout=HTTP_TOTAL_SECONDS)
     try:
         options = AsyncClientOptions(httpx_client=http, postgrest_client_timeout=30)
         yield await acreate_client(settings.supabase_url,
@@ -115,6 +155,7 @@ class Worker:
         self._factory = factory
         self._listener_settings = listener
         self._stop = anyio.Event()
+        self._starting: anyio.CancelScope | None = None  # while the client libraries load
         self._signals = 0
         self.dispatcher: Dispatcher | None = None
         self.health = health.HealthState(
@@ -125,8 +166,10 @@ class Worker:
         )
 
     def request_stop(self) -> None:
-        """Begin a graceful shutdown (what the first SIGTERM does)."""
+        """Begin a graceful shutdown (what the first SIGTERM does); during start-up, end it."""
         self._stop.set()
+        if self._starting is not None:
+            self._starting.cancel()
 
     async def run(self, *, once: bool = False, host: str = "0.0.0.0",
                   install_signals: bool = True,
@@ -144,7 +187,10 @@ class Worker:
         log = logger.bind(event="worker_starting", worker=self.settings.worker_id,
                           mode=self.health.mode, max_concurrent_jobs=self.settings.max_concurrent_jobs)
         log.info("worker starting")
-        factory = await anyio.to_thread.run_sync(_load, self._factory)
+        factory = await self._load_unless_stopped()
+        if factory is None:  # stopped while loading: nothing was claimed, nothing to give back
+            logger.bind(event="worker_stopped_starting").info("stopped during start-up")
+            return
         if self._owns_process:
             settle_heap()
         async with supabase_client(self.settings) as client:
@@ -163,6 +209,16 @@ class Worker:
                     await self._drain(queue, self.dispatcher)
                 else:
                     await self._serve(queue, self.dispatcher)
+
+    async def _load_unless_stopped(self) -> ProcessorFactory | None:
+        """The processor factory, or None when a stop comes first (before or while loading)."""
+        try:
+            with anyio.CancelScope() as self._starting:
+                if not self._stop.is_set():
+                    return await load_in_background(self._factory)
+            return None
+        finally:
+            self._starting = None
 
     async def _drain(self, queue: SupabaseQueue, dispatcher: Dispatcher) -> None:
         await sweeper.sweep_once(queue, lambda *_: None, self.metrics)
@@ -214,21 +270,27 @@ class Worker:
         return DispatcherSettings(worker_id=s.worker_id, max_concurrent_jobs=s.max_concurrent_jobs,
                                   lease_seconds=s.lease_seconds,
                                   shutdown_grace_seconds=s.shutdown_grace_seconds,
+                                  job_timeout_seconds=s.job_timeout_seconds,
                                   config_pause=self._config_pause)
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            for signum in early_signals.take():  # came during start-up, before this receiver
+                self._on_signal(signum, scope)
             async for signum in signals:
-                self._signals += 1
-                name = signal.Signals(signum).name
-                if self._signals == 1:
-                    logger.bind(event="signal_received", signal=name).info(
-                        f"{name}: shutting down gracefully")
-                    self.request_stop()
-                else:
-                    logger.bind(event="signal_received", signal=name).warning(
-                        f"second {name}: exiting now")
-                    scope.cancel()
+                self._on_signal(signum, scope)
+
+    def _on_signal(self, signum: int, scope: anyio.CancelScope) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            logger.bind(event="signal_received", signal=name).info(
+                f"{name}: shutting down gracefully")
+            self.request_stop()
+        else:
+            logger.bind(event="signal_received", signal=name).warning(
+                f"second {name}: exiting now")
+            scope.cancel()
 
 
 async def _ping(queue: SupabaseQueue) -> None:

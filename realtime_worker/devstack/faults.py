@@ -26,6 +26,8 @@ class Faults:
     storage_error_fraction: float = 0.0
     storage_error_status: int = 503
     storage_error_path_suffix: str = ""  # when set, only requests whose path ends with it fail
+    storage_drip_fraction: float = 0.0  # downloads (GET) sent one byte every storage_drip_seconds
+    storage_drip_seconds: float = 5.0
     # Gemini
     gemini_429_fraction: float = 0.0
     gemini_retry_delay_seconds: float = 7.0
@@ -40,6 +42,7 @@ class Faults:
     gemini_no_image_finish_reason: str = "STOP"  # finishReason of an answer without an image
     gemini_slow_fraction: float = 0.0
     gemini_slow_seconds: float = 300.0
+    gemini_hang_fraction: float = 0.0  # calls never answered (until the client gives up)
     gemini_latency_seconds: float = 0.0
     gemini_status: int | None = None  # every Gemini call answers this status (e.g. 401, 404)
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)

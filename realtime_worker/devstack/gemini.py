@@ -248,6 +248,8 @@ class GeminiFake:
             raise _ApiError(503, MESSAGES[503])
         if faults.chance(faults.gemini_slow_fraction):
             await self._sleep(request, faults.gemini_slow_seconds)
+        if faults.chance(faults.gemini_hang_fraction):
+            await self._sleep(request, HANG_SECONDS)
         body = self._refusal(model, parsed)
         if body is None:  # drawing takes milliseconds of CPU: keep it off the event loop
             body = await anyio.to_thread.run_sync(_image_answer, model, parsed)
@@ -569,8 +571,12 @@ def _forced_error(code: int, faults: Faults) -> _ApiError:
     return _ApiError(code, MESSAGES.get(code, f"Forced status {code}."))
 
 
+HANG_SECONDS = 24 * 3600.0  # a call that hangs: longer than any client waits
+
+
 def _quota_error(faults: Faults, model: str) -> _ApiError:
-    delay = f"{faults.gemini_retry_delay_seconds:g}s"
+    # A protobuf Duration in JSON: decimal seconds, never an exponent ("3000000000s", "45.8s").
+    delay = f"{faults.gemini_retry_delay_seconds:f}".rstrip("0").rstrip(".") + "s"
     period = "PerDay" if faults.gemini_429_per_day else "PerMinute"
     metric = "requests_per_day" if faults.gemini_429_per_day else "requests"
     violation = {

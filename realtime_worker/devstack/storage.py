@@ -227,6 +227,26 @@ def sort_page(entries: list[dict[str, Any]], options: dict[str, Any]) -> list[di
     return entries[offset: offset + limit]
 
 
+async def drip(request: web.Request, response: web.StreamResponse,
+               interval: float) -> web.StreamResponse:
+    """Send a whole answer one byte every ``interval`` seconds: a link or server that trickles.
+    Each read gets a byte in time, so only a limit on the whole call notices."""
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes) or not body:
+        return response
+    slow = web.StreamResponse(status=response.status, headers=response.headers)
+    slow.content_length = len(body)
+    await slow.prepare(request)
+    try:
+        for i in range(len(body)):
+            await slow.write(body[i:i + 1])
+            await anyio.sleep(interval)
+        await slow.write_eof()
+    except ConnectionError:
+        pass  # the client gave up: what a drip is there to test
+    return slow
+
+
 def _write_temp(folder: Path, data: bytes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=folder, prefix=".upload-")
@@ -279,6 +299,8 @@ class Storage:
                 return StorageError(status, "InternalError", "Injected fault", http_status=status).response()
             try:
                 response: web.StreamResponse = await inner(request)
+                if request.method == "GET" and self._faults.chance(self._faults.storage_drip_fraction):
+                    return await drip(request, response, self._faults.storage_drip_seconds)
                 return response
             except StorageError as err:
                 return err.response()

@@ -2,7 +2,8 @@
 
 The same code as ``uv run python -m bench.chaos`` (its own embedded Postgres, restarted once; the
 devstack as a process; ``kill -9`` of a random worker every few seconds; Realtime drops and cuts;
-Gemini 429/503, safety blocks and slow answers), with a fixed seed. Every invariant must hold.
+Gemini 429/503, safety blocks, slow and hanging answers, a key refused for a few seconds; Storage
+downloads that drip; large photos), with a fixed seed. Every invariant must hold.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ from bench.chaos import ChaosConfig, run_chaos
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.timeout(240),
+    pytest.mark.timeout(300),
     # google-genai subclasses aiohttp.ClientSession for every session it opens.
     pytest.mark.filterwarnings("ignore:Inheritance class Aiohttp:DeprecationWarning"),
 ]
 
-SHORT = ChaosConfig(jobs=200, seed=20261128, insert_seconds=30, budget_seconds=75)
+# The key refused for 5 s still pauses each worker it reaches for the 30 s cool-down.
+SHORT = ChaosConfig(jobs=200, seed=20261128, insert_seconds=30, budget_seconds=150,
+                    key_reject_seconds=5)
 
 
 async def test_short_chaos_run_loses_nothing_and_charges_once() -> None:
     result = await run_chaos(SHORT)
     failed = [f"{c.name}: {c.value} (expected {c.expected})" for c in result.verdict.checks if not c.ok]
     assert not failed, "\n".join(failed) + "\n" + result.text
-    assert result.seconds < 120, f"the short chaos run took {result.seconds:.0f} s"
+    assert result.seconds < 200, f"the short chaos run took {result.seconds:.0f} s"

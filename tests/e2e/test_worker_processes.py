@@ -135,6 +135,32 @@ async def test_sigterm_releases_unfinished_work_and_exits_0(
     assert (await job(conn, quick))["status"] == "succeeded"
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (``SigCgt`` in /proc: one bit a signal)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+async def test_sigterm_during_start_up_exits_0_and_claims_nothing(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """A platform may stop an instance it has just started, while its imports still take seconds:
+    the signal must neither kill it (status -15) nor wait for a whole start-up that claims."""
+    env = subprocess_env(devstack, WORKER_MODE="poll", POLL_INTERVAL_SECONDS="0.3",
+                         WORKER_ID="early", LOG_LEVEL="INFO")
+    user = await make_user(conn)
+    queued = await insert_job(conn, user, {"script": {"duration": 0}})
+    log = tmp_path / "worker.log"
+    worker = await spawn_worker(env, log=log)
+    await wait_for(lambda: catches_sigterm(worker.pid), within=30, step=0.001,
+                   what="the worker to hold SIGTERM")
+    assert await stop(worker) == 0
+    assert "stopped during start-up" in log.read_text()
+    row = await job(conn, queued)
+    assert (row["status"], row["attempts"]) == ("queued", 0)
+
+
 async def test_once_drains_due_jobs_and_exits(
         devstack: Devstack, db: Database, conn: asyncpg.Connection, tmp_path: Path) -> None:
     user = await make_user(conn)

@@ -7,6 +7,7 @@ dispatcher) with the default processor, ``open_pipeline``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -26,12 +27,14 @@ from realtime_worker.config import WorkerSettings
 from realtime_worker.devstack import photos
 from realtime_worker.devstack.server import Devstack
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
+from realtime_worker.jobs import MAX_RETRY_DELAY_SECONDS
 from realtime_worker.metrics import Metrics
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.queue import SupabaseQueue
-from realtime_worker.worker import WorkerContext, supabase_client
+from realtime_worker.worker import Worker, WorkerContext, supabase_client
 from tests.edges import share_on_edges
-from tests.helpers import balance, insert_job, job, make_user, refunds
+from tests.helpers import balance, insert_job, job, make_user, refunds, sample
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -47,10 +50,10 @@ OUTPUTS = {"edge_map": ("intermediates", "edge.png", "image/png", b"\x89PNG\r\n\
 START_BALANCE = 10
 
 
-def worker_settings(devstack: Devstack) -> WorkerSettings:
+def worker_settings(devstack: Devstack, **overrides: str) -> WorkerSettings:
     env = {**devstack.env(), "PORT": "0", "WORKER_ID": "pipeline-test", "GEMINI_MODEL": MODEL,
            "GEMINI_TIMEOUT_SECONDS": "10", "LOG_LEVEL": "WARNING", "CLEAN_LINE_ART": "true",
-           "MAX_CONCURRENT_JOBS": "4", "IMAGE_THREADS": "2"}
+           "MAX_CONCURRENT_JOBS": "4", "IMAGE_THREADS": "2", **overrides}
     return config.load(WorkerSettings, **env)
 
 
@@ -247,6 +250,47 @@ async def test_rate_limit_requeues_after_the_servers_delay(
     await run_worker_once(devstack)
     await check_requeued(conn, user, job_id, "rate_limited")
     assert 40 < await seconds_until_retry(conn, job_id) <= 45
+
+
+async def test_a_retry_delay_beyond_an_int_is_cut_to_a_day(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
+    """``retryDelay`` comes from outside; 3e9 s does not fit ``worker_fail_job``'s int."""
+    devstack.faults.update({"gemini_429_fraction": 1.0, "gemini_retry_delay_seconds": 3e9})
+    user = await make_user(conn, START_BALANCE)
+    job_id = await insert_job(conn, user)
+    await run_worker_once(devstack)
+    await check_requeued(conn, user, job_id, "rate_limited")
+    assert MAX_RETRY_DELAY_SECONDS - 60 < await seconds_until_retry(conn, job_id) <= MAX_RETRY_DELAY_SECONDS
+
+
+async def test_a_trickling_download_ends_the_job_at_its_time_limit(
+        devstack: Devstack, conn: asyncpg.Connection, supabase_service: AsyncClient) -> None:
+    """Storage answers one byte every 5 s: each read is in time, heartbeats keep the lease, so
+    only the job's own limit stops it. It is retried as job_timeout and its slot comes back."""
+    user = await make_user(conn, START_BALANCE)
+    asset = await upload_photo(supabase_service, conn, user)
+    job_id = await insert_job(conn, user, {"asset_id": str(asset)})
+    devstack.faults.update({"storage_drip_fraction": 1.0, "storage_drip_seconds": 5.0})
+    settings = worker_settings(devstack, JOB_TIMEOUT_SECONDS="3", WORKER_MODE="poll",
+                               POLL_INTERVAL_SECONDS="600", LEASE_SECONDS="6")
+    worker = Worker(settings, open_pipeline)
+    async with anyio.create_task_group() as tg:
+        await tg.start(functools.partial(worker.run, host="127.0.0.1", install_signals=False))
+        try:
+            await wait_for(lambda: error_code_is(conn, job_id, "job_timeout"), within=30,
+                           step=0.2, what="the job to time out")
+            await wait_for(lambda: worker.dispatcher is not None and not worker.dispatcher.in_flight,
+                           within=10, what="its slot to be freed")
+        finally:
+            worker.request_stop()
+    await check_requeued(conn, user, job_id, "job_timeout")
+    assert sample(worker.metrics, "worker_jobs_timed_out_total") == 1
+    assert sample(worker.metrics, "worker_jobs_in_flight") == 0
+
+
+async def error_code_is(conn: asyncpg.Connection, job_id: uuid.UUID, code: str) -> bool:
+    return bool(await conn.fetchval("select error_code = $2 from public.jobs where id = $1",
+                                    job_id, code))
 
 
 async def test_unavailable_requeues_with_backoff(devstack: Devstack, conn: asyncpg.Connection) -> None:

@@ -58,11 +58,23 @@ async def _never_answers(_request: web.Request) -> web.Response:
     return web.Response()
 
 
+async def _trickles(request: web.Request) -> web.StreamResponse:
+    """100 bytes, one every 0.1 s: every read is in time, the whole answer takes 10 s."""
+    response = web.StreamResponse()
+    response.content_length = 100
+    await response.prepare(request)
+    for _ in range(100):
+        await response.write(b"x")
+        await anyio.sleep(0.1)
+    return response
+
+
 @asynccontextmanager
 async def server() -> AsyncIterator[str]:
     app = web.Application(client_max_size=16 * 2**20)
     app.add_routes([web.route("*", "/echo", _echo), web.get("/gzip", _compressed),
-                    web.get("/teapot", _teapot), web.get("/slow", _never_answers)])
+                    web.get("/teapot", _teapot), web.get("/slow", _never_answers),
+                    web.get("/trickle", _trickles)])
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     port = free_port()
@@ -105,6 +117,13 @@ async def test_silent_server_is_httpx_read_timeout() -> None:
     async with server() as url, transport.client(timeout=0.3) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.get(f"{url}/slow")
+
+
+async def test_a_trickling_answer_is_cut_at_the_total_limit() -> None:
+    async with server() as url, transport.client(timeout=5, total_timeout=0.5) as http:
+        with pytest.raises(httpx.ReadTimeout, match=r"within 0\.5 s"):
+            await http.get(f"{url}/trickle")
+        assert (await http.get(f"{url}/echo")).status_code == 200  # the client goes on working
 
 
 @pytest.fixture

@@ -126,7 +126,12 @@ def test_dotenv_in_working_directory_is_read(monkeypatch: pytest.MonkeyPatch, cl
     ("SUPABASE_URL", "https://"),
     ("SUPABASE_URL", "https://project.supabase.co/rest/v1"),
     ("SUPABASE_URL", "https://project.supabase.co?x=1"),
-    ("SUPABASE_URL", "https://project.supabase.co "),
+    ("SUPABASE_URL", "https://project .supabase.co"),
+    ("SUPABASE_SERVICE_ROLE_KEY", "service role key"),
+    ("SUPABASE_SERVICE_ROLE_KEY", "key-with\x7fdel"),
+    ("GEMINI_API_KEY", "gemini\nkey"),
+    ("GEMINI_API_KEY", "   "),
+    ("GEMINI_API_KEY", "gemini-key-\u00e9"),
     ("SUPABASE_URL", "https://project.supabase.co:port"),
     ("GEMINI_BASE_URL", "localhost:9999"),
     ("GEMINI_BASE_URL", "http:///v1beta"),
@@ -138,6 +143,7 @@ def test_dotenv_in_working_directory_is_read(monkeypatch: pytest.MonkeyPatch, cl
     ("SWEEP_INTERVAL_SECONDS", "-3"),
     ("SHUTDOWN_GRACE_SECONDS", "soon"),
     ("GEMINI_TIMEOUT_SECONDS", "0"),
+    ("JOB_TIMEOUT_SECONDS", "0"),
     ("LOG_FORMAT", "xml"),
     ("LOG_LEVEL", "loud"),
     ("PAUSE_WORKER", "maybe"),
@@ -155,6 +161,18 @@ def test_bad_value_names_the_variable_in_one_line(
     assert message.count(" is invalid") == 1, message
     for secret in SECRETS:
         assert secret not in message
+
+
+def test_surrounding_whitespace_of_keys_and_urls_is_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value pasted into Secret Manager often ends in a newline: it must not end in a header."""
+    set_env(monkeypatch, SUPABASE_URL=" https://project.supabase.co/\n",
+            SUPABASE_SERVICE_ROLE_KEY=f"{SERVICE_KEY}\n", GEMINI_API_KEY=f"\t{GEMINI_KEY}\r\n",
+            GEMINI_BASE_URL="http://127.0.0.1:9999/gemini\n")
+    s = config.load(WorkerSettings)
+    assert s.supabase_url == "https://project.supabase.co"
+    assert s.supabase_service_role_key.get_secret_value() == SERVICE_KEY
+    assert s.gemini_api_key.get_secret_value() == GEMINI_KEY
+    assert s.gemini_base_url == "http://127.0.0.1:9999/gemini"
 
 
 @pytest.mark.parametrize("variable", ["SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "GEMINI_API_KEY"])

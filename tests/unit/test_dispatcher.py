@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from uuid import UUID
 
@@ -507,6 +507,12 @@ async def test_shutdown_during_a_pause_is_prompt() -> None:
     queue, gemini = InMemoryQueue(), Revoked()
     queue.add()
     dispatcher = make(queue, gemini, pause=PauseSettings(initial_seconds=600))
+    # The cool-down's own wake-up must not hold the loop open.
+    await shutdown_is_prompt(dispatcher, lambda: dispatcher.pause_status() is not None)
+
+
+async def shutdown_is_prompt(dispatcher: Dispatcher, settled: Callable[[], bool]) -> None:
+    """Serve, wake once, wait until ``settled()`` and no job runs; shutdown ends within 1 s."""
     stopped = anyio.Event()
 
     async def serve(*, task_status: TaskStatus[None]) -> None:
@@ -517,8 +523,8 @@ async def test_shutdown_during_a_pause_is_prompt() -> None:
         await tg.start(serve)
         dispatcher.wake(None, "sweep")
         with anyio.fail_after(5):
-            await wait_for(lambda: dispatcher.pause_status() is not None and not dispatcher.in_flight)
-        with anyio.fail_after(1):  # the cool-down's own wake-up must not hold the loop open
+            await wait_for(lambda: settled() and not dispatcher.in_flight)
+        with anyio.fail_after(1):
             await dispatcher.shutdown()
             await stopped.wait()
 
@@ -568,3 +574,32 @@ async def test_a_claim_answered_late_renews_its_lease_at_once() -> None:
             queue.answer.set()
     assert queue.status(job_id) == JobStatus.SUCCEEDED
     assert "heartbeat" in queue.calls
+
+
+def quick_retries(queue: InMemoryQueue, processor: object, metrics: Metrics) -> Dispatcher:
+    """A dispatcher whose own backoff is negligible: the scripted ``retry_after`` decides."""
+    settings = DispatcherSettings(worker_id="w1", max_concurrent_jobs=2, lease_seconds=30,
+                                  shutdown_grace_seconds=0.5, backoff=Backoff(base_seconds=0.01))
+    return Dispatcher(queue, processor, settings, metrics)  # type: ignore[arg-type]
+
+
+async def test_a_retry_is_claimed_when_it_is_due_without_waiting_for_a_sweep() -> None:
+    queue, processor, metrics = InMemoryQueue(), ScriptedProcessor(), Metrics()
+    job_id = queue.add({"script": {"fail": "retryable", "retry_after": 1}}, max_attempts=2)
+    dispatcher = quick_retries(queue, processor, metrics)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            dispatcher.wake(None, "sweep")  # the only wake-up from outside
+            await wait_for(lambda: queue.status(job_id) == JobStatus.FAILED, within=3)
+            await dispatcher.shutdown()
+    assert processor.calls[job_id] == 2
+    assert sample(metrics, "worker_jobs_claimed_total", source="retry_due") == 1
+
+
+async def test_a_pending_retry_timer_does_not_hold_shutdown_open() -> None:
+    queue, processor, metrics = InMemoryQueue(), ScriptedProcessor(), Metrics()
+    queue.add({"script": {"fail": "retryable", "retry_after": 600}})
+    dispatcher = quick_retries(queue, processor, metrics)
+    await shutdown_is_prompt(dispatcher, lambda: sample(
+        metrics, "worker_jobs_retried_total", code="scripted_retryable") == 1)
