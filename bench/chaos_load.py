@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 
 from realtime_worker import submit
-from realtime_worker.devstack import postgres
+from realtime_worker_devstack import postgres
 
 T = TypeVar("T")
 DATABASE = "chaos"

@@ -15,8 +15,8 @@ from google import genai
 from google.genai import errors, types
 from PIL import Image
 
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.gemini import GeminiFake, draw_line_art
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.gemini import GeminiFake, draw_line_art
 from tests.gemini_server import serving
 
 pytestmark = [

@@ -27,9 +27,9 @@ import jwt
 from aiohttp import web
 from loguru import logger
 
-from realtime_worker.devstack.db import Database
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.rest import CLAIMS
+from realtime_worker_devstack.db import Database
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.rest import CLAIMS
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # the global limit of a Supabase project on the free plan
 _BUCKET_ID = re.compile(r"[A-Za-z0-9_.\-]+")
