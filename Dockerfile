@@ -29,15 +29,18 @@ RUN python3 -m pip install --no-cache-dir "uv==${UV_VERSION}"
 
 WORKDIR /src
 
-# Dependencies only, from the lock file: their own layer, rebuilt only when these two change.
+# Dependencies only, from the lock file: their own layer, rebuilt only when these change.
+# The workspace's member (devstack/, the local stack) is named by the lock file, so uv needs its
+# manifest to read the workspace; its code is a development tool and never enters the image
+# (--no-dev: only the dev group depends on it).
 COPY pyproject.toml uv.lock ./
+COPY devstack/pyproject.toml ./devstack/
 RUN uv sync --locked --no-dev --no-install-project --no-editable --python python3
 
 # The project itself, installed into the environment as a wheel (not editable), so the runtime
-# stage needs the environment only; the wheel carries fixtures/ as realtime_worker/_fixtures.
+# stage needs the environment only. The wheel holds the worker package and nothing else.
 COPY README.md ./
 COPY realtime_worker ./realtime_worker
-COPY fixtures ./fixtures
 RUN uv sync --locked --no-dev --no-editable --python python3
 
 

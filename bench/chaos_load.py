@@ -25,8 +25,8 @@ import asyncpg
 import httpx
 
 from realtime_worker import submit
-from realtime_worker.devstack import postgres
-from realtime_worker.devstack import users as app_users
+from realtime_worker_devstack import postgres
+from realtime_worker_devstack import users as app_users
 
 T = TypeVar("T")
 DATABASE = "chaos"

@@ -23,7 +23,7 @@ import httpx
 from anyio.abc import Process
 
 from bench.harness import base_env, devstack_command, read_env_file
-from realtime_worker.devstack import postgres
+from realtime_worker_devstack import postgres
 
 HOST = "127.0.0.1"
 STOP_SECONDS = 10.0

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from bench.harness import Spread, run_on_scratch_database
-from realtime_worker.devstack import postgres, users
+from realtime_worker_devstack import postgres, users
 
 SMALL, LARGE = 1_000, 1_000_000
 WARM_UP = 20

@@ -29,7 +29,7 @@ import asyncpg
 from bench.claim_scale import LEASE, make_user, queue_job
 from bench.harness import Spread, run_on_scratch_database
 from realtime_worker import sql
-from realtime_worker.devstack import postgres
+from realtime_worker_devstack import postgres
 
 PAUSE = 0.025
 WARM_UP = 10

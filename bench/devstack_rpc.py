@@ -21,7 +21,7 @@ from supabase import AsyncClientOptions, acreate_client
 
 from bench import harness
 from realtime_worker import transport
-from realtime_worker.devstack.server import running
+from realtime_worker_devstack.server import running
 
 WARM_UP = 50
 

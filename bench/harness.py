@@ -35,8 +35,8 @@ from typing import Any
 import asyncpg
 
 from bench.processors import STARTS_ENV as STARTS_ENV
-from realtime_worker.devstack import postgres
-from realtime_worker.devstack.stack import DEV_USER_ID
+from realtime_worker_devstack import postgres
+from realtime_worker_devstack.stack import DEV_USER_ID
 
 SCRIPTED = "realtime_worker.testing:scripted"
 PIPELINE = "realtime_worker.pipeline:open_pipeline"

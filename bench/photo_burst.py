@@ -32,8 +32,8 @@ from bench.context import Context
 from bench.harness import Stack, Worker
 from bench.memory import finished
 from bench.report import Section
-from realtime_worker.devstack import photos
-from realtime_worker.devstack.stack import DEV_USER_ID
+from realtime_worker_devstack import photos
+from realtime_worker_devstack.stack import DEV_USER_ID
 
 NAME = "photo_burst"
 PHOTOS = 4

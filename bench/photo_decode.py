@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from realtime_worker.devstack import photos
+from realtime_worker_devstack import photos
 
 LIMIT_MIB = 150 * 1e6 / 2**20  # the target: ≤ 150 MB per photo
 

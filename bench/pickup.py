@@ -30,7 +30,7 @@ from bench.context import Context
 from bench.harness import Spread, Starts
 from bench.processors import CLAIMED
 from bench.report import Section
-from realtime_worker.devstack.stack import DEV_USER_ID
+from realtime_worker_devstack.stack import DEV_USER_ID
 
 NAME = "pickup"
 WARM_UP = 20

@@ -25,8 +25,6 @@ from bench import harness
 from realtime_worker import config
 from realtime_worker.assets import SupabaseAssets
 from realtime_worker.config import WorkerSettings
-from realtime_worker.devstack import users
-from realtime_worker.devstack.server import Devstack, running
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.generator import GeneratedImage, GenerationRequest, Generator
 from realtime_worker.jobs import Job, JobResult, PaperSize
@@ -36,6 +34,8 @@ from realtime_worker.pipeline import Pipeline, gemini_generator, render_outputs
 from realtime_worker.queue import JobQueue, SupabaseQueue
 from realtime_worker.storage import Storage, SupabaseStorage
 from realtime_worker.worker import supabase_client
+from realtime_worker_devstack import users
+from realtime_worker_devstack.server import Devstack, running
 
 WARM_UP = 5
 PAGE = Path(__file__).resolve().parents[1] / "fixtures" / "pages" / "clean.png"

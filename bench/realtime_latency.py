@@ -25,11 +25,11 @@ from realtime import AsyncRealtimeClient
 from realtime.types import PostgresChangesPayload, RealtimePostgresChangesListenEvent
 
 from bench.harness import Spread, run_on_scratch_database
-from realtime_worker.devstack import postgres, users
-from realtime_worker.devstack.db import Database
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.keys import Keys
-from realtime_worker.devstack.realtime import RealtimeServer
+from realtime_worker_devstack import postgres, users
+from realtime_worker_devstack.db import Database
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.keys import Keys
+from realtime_worker_devstack.realtime import RealtimeServer
 
 WARM_UP = 20
 ANCHOR = "floor B (bare NOTIFY → aiohttp → realtime-py, perf-anchors.md): 1.03 / 1.23 / 1.48 ms"

@@ -21,7 +21,7 @@ import uuid
 import asyncpg
 
 from bench import harness
-from realtime_worker.devstack.stack import DEV_USER_ID
+from realtime_worker_devstack.stack import DEV_USER_ID
 
 SCRIPT = json.dumps({"script": {"duration": 1, "fail": "retryable", "retry_after": 3}})
 STEP = 0.01

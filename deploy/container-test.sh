@@ -250,6 +250,19 @@ check_image_config() {
     pass "image runs as user $user with STOPSIGNAL $stopsignal"
 }
 
+# The image carries the worker only: the local stack (devstack/, a member of the workspace) is
+# absent, and asking for one of its commands says so instead of failing with a traceback.
+check_image_holds_the_worker_only() {
+    local out code=0
+    out=$(podman run --rm "$IMAGE" demo 2>&1) || code=$?
+    [[ $code -eq 2 && $out == *"is a development command"* ]] ||
+        fail "'realtime-worker demo' in the image exited $code: $out"
+    podman run --rm --entrypoint python "$IMAGE" -c \
+        'import importlib.util, sys; sys.exit(importlib.util.find_spec("realtime_worker_devstack") is not None)' ||
+        fail "the image holds the devstack package"
+    pass "image holds no devstack; 'demo' there says it is a development command"
+}
+
 # --- 4. devstack + container -----------------------------------------------------------------
 
 free_port() {
@@ -406,6 +419,7 @@ main() {
     t=$(now_us); ensure_base_image "$(qualified "$BASE_IMAGE")"; standin_s=$(since "$t")
     t=$(now_us); build_image; build_s=$(since "$t")
     check_image_config
+    check_image_holds_the_worker_only
     t=$(now_us); start_devstack; devstack_s=$(since "$t")
     t=$(now_us); start_container; wait_healthy; run_job; run_s=$(since "$t")
     check_logs

@@ -27,7 +27,7 @@ from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from realtime_worker import config, logs, paths
 from realtime_worker.config import WorkerSettings
-from realtime_worker.dev import say
+from realtime_worker.console import say
 from realtime_worker.errors import ConfigError, ConfigurationJobError, JobError
 from realtime_worker.worker import supabase_client
 

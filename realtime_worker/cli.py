@@ -11,6 +11,7 @@ import functools
 import importlib
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 from uuid import UUID
 
@@ -192,20 +193,46 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             importlib.import_module(module).register(subs)
         else:
             subs.add_parser(name, help=summary)
+    for name, summary in DEV_COMMANDS.items():
+        _add_dev_command(subs, name, summary, load=wanted == name)
     return parser
 
 
 # Sub-commands whose modules are imported only when chosen: name -> (module with a
 # ``register(subs)`` function, the one-line help shown by ``--help``).
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
-    "devstack": ("realtime_worker.devstack.stack",
-                 "Run the local stand-in for Supabase and Gemini (development and tests only)."),
-    "dev": ("realtime_worker.dev", "Run the devstack and the worker together for local work."),
-    "demo": ("realtime_worker.demo",
-             "Start everything locally, run sample jobs of each kind and write the pages to disk."),
     "check": ("realtime_worker.check",
               "Check the configuration, Supabase (REST, Storage, Realtime, migration) and Gemini."),
 }
+
+# Commands of the local stack, a separate package of the workspace (devstack/): present in the
+# development environment, absent from the production image. Each is an entry point of the group
+# below whose module has a ``register(subs)`` function, loaded only when chosen.
+DEV_COMMANDS: dict[str, str] = {
+    "devstack": "Run the local stand-in for Supabase and Gemini (development and tests only).",
+    "dev": "Run the devstack and the worker together for local work.",
+    "demo": "Start everything locally, run sample jobs of each kind and write the pages to disk.",
+}
+DEV_COMMANDS_GROUP = "realtime_worker.commands"
+DEV_PACKAGE = "realtime-worker-devstack"
+
+
+def _add_dev_command(subs: Any, name: str, summary: str, *, load: bool) -> None:
+    found = entry_points(group=DEV_COMMANDS_GROUP, name=name) if load else ()
+    if found:
+        next(iter(found)).load().register(subs)
+        return
+    p = subs.add_parser(name, help=summary)
+    if load:
+        p.set_defaults(func=functools.partial(_dev_command_absent, name))
+
+
+def _dev_command_absent(name: str, _args: argparse.Namespace) -> int:
+    print(f"realtime-worker: `{name}` is a development command of the {DEV_PACKAGE} package, "
+          "which this installation does not include (the production image carries the worker "
+          "only). From a clone of the repository: `uv run realtime-worker " + name + "`.",
+          file=sys.stderr)
+    return 2
 
 
 def _cause_chain(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from realtime_worker.devstack import postgres
+from realtime_worker_devstack import postgres
 
 RUN_TOKEN = secrets.token_hex(3)
 

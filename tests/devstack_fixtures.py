@@ -14,7 +14,7 @@ import pytest
 from storage3.types import FileOptions
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
-from realtime_worker.devstack.server import Devstack, running
+from realtime_worker_devstack.server import Devstack, running
 
 if TYPE_CHECKING:
     from tests.conftest import Database

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from realtime_worker.devstack.gemini import GeminiFake
+from realtime_worker_devstack.gemini import GeminiFake
 
 
 @asynccontextmanager

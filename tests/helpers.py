@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
-from realtime_worker.devstack import users
 from realtime_worker.metrics import Metrics
+from realtime_worker_devstack import users
 
 
 async def make_user(conn: asyncpg.Connection, balance: int = 10) -> uuid.UUID:

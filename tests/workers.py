@@ -17,10 +17,10 @@ from anyio.abc import Process
 
 from bench.harness import free_port
 from realtime_worker.config import WorkerSettings
-from realtime_worker.devstack.server import Devstack
 from realtime_worker.listener import ListenerSettings
 from realtime_worker.testing import scripted
 from realtime_worker.worker import Worker
+from realtime_worker_devstack.server import Devstack
 from tests.helpers import sample
 
 FAST = {"LEASE_SECONDS": "6", "SHUTDOWN_GRACE_SECONDS": "2", "LOG_LEVEL": "WARNING"}

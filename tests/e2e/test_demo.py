@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
-from realtime_worker.devstack.keys import InvalidKey, Keys
+from realtime_worker_devstack.keys import InvalidKey, Keys
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -32,7 +32,6 @@ FOLDERS = ["1-a-tiger-eating-a-burger", "2-a-castle-on-a-hill-with-a-friendly",
            "3-a-smiling-sun-over-the-sea", "4-photo", "5-edit-of-1"]
 FILES = {"edge.png", "thumbnail.png", "coloring_page.pdf"}
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
-RUN_BUDGET_SECONDS = 60.0
 
 
 def newcomer_env() -> dict[str, str]:
@@ -110,5 +109,4 @@ async def test_demo_from_nothing_twice(tmp_path: Path, data_home: Path) -> None:
         check_no_keys(out, data_dir)
         assert "Traceback" not in out and "ERROR" not in out, out
         assert not re.search(r"\d\d:\d\d:\d\d\.\d{3} (INFO|DEBUG)", out), "log level is not WARNING"
-        assert seconds < RUN_BUDGET_SECONDS, out
     assert not (data_dir / "pg" / "postmaster.pid").exists()  # the embedded Postgres was stopped

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 from anyio.abc import Process
 
-from realtime_worker.devstack.server import Devstack
 from realtime_worker.jobs import worker_of
+from realtime_worker_devstack.server import Devstack
 from tests.conftest import Database
 from tests.helpers import balance, insert_job, job, make_user, refunds
 from tests.waiting import wait_for

@@ -1,4 +1,4 @@
-"""A user as the app creates one (realtime_worker/devstack/users.py) on the app's faithful schema."""
+"""A user as the app creates one (devstack/realtime_worker_devstack/users.py) on the app's faithful schema."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 import pytest
 
-from realtime_worker.devstack import users
+from realtime_worker_devstack import users
 
 
 async def ledger(conn: asyncpg.Connection, user: uuid.UUID) -> list[tuple[int, str]]:

@@ -19,10 +19,10 @@ import pytest
 from bench.harness import free_port
 from realtime_worker import check, config
 from realtime_worker.config import WorkerSettings
-from realtime_worker.devstack import postgres, server
-from realtime_worker.devstack.db import Database as StackDatabase
-from realtime_worker.devstack.keys import Keys
-from realtime_worker.devstack.server import Devstack, running
+from realtime_worker_devstack import postgres, server
+from realtime_worker_devstack.db import Database as StackDatabase
+from realtime_worker_devstack.keys import Keys
+from realtime_worker_devstack.server import Devstack, running
 from tests.conftest import Database
 
 pytestmark = [

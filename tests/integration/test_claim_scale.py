@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from bench.claim_scale import add_finished_jobs
-from realtime_worker.devstack import postgres
+from realtime_worker_devstack import postgres
 from tests.conftest import RUN_TOKEN
 from tests.helpers import insert_job, job, make_user
 

@@ -15,10 +15,10 @@ import anyio
 import asyncpg
 import pytest
 
-from realtime_worker.devstack.server import Devstack
 from realtime_worker.pause import PauseSettings
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.worker import Worker
+from realtime_worker_devstack.server import Devstack
 from tests.conftest import Database
 from tests.helpers import balance, insert_job, make_user, sample
 from tests.waiting import wait_for

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from realtime_worker.devstack.db import Database
+from realtime_worker_devstack.db import Database
 from tests import conftest
 
 pytestmark = pytest.mark.integration

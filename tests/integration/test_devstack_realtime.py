@@ -27,10 +27,10 @@ from aiohttp.test_utils import TestServer
 from realtime import AsyncRealtimeClient
 from supabase import acreate_client
 
-from realtime_worker.devstack.db import Database
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.keys import Keys
-from realtime_worker.devstack.realtime import Filter, RealtimeServer, parse_filter, passes
+from realtime_worker_devstack.db import Database
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.keys import Keys
+from realtime_worker_devstack.realtime import Filter, RealtimeServer, parse_filter, passes
 from tests import conftest
 from tests.helpers import insert_job, make_user
 

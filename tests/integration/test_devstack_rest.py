@@ -11,7 +11,7 @@ import pytest
 from postgrest.exceptions import APIError
 from supabase import AsyncClient
 
-from realtime_worker.devstack.server import Devstack
+from realtime_worker_devstack.server import Devstack
 from tests.devstack_fixtures import rows
 from tests.helpers import balance, insert_job, job, make_user, refunds
 

@@ -14,11 +14,11 @@ from storage3.exceptions import StorageApiError
 from supabase import AsyncClient
 
 from realtime_worker import migrate
-from realtime_worker.devstack import postgres
-from realtime_worker.devstack.keys import Keys
-from realtime_worker.devstack.server import Devstack, running
-from realtime_worker.devstack.stack import local_database
 from realtime_worker.errors import ConfigError
+from realtime_worker_devstack import postgres
+from realtime_worker_devstack.keys import Keys
+from realtime_worker_devstack.server import Devstack, running
+from realtime_worker_devstack.stack import local_database
 from tests.conftest import Database
 from tests.devstack_fixtures import file_options, rows, signed_in, supabase_client
 from tests.helpers import balance, insert_job, job, make_user, refunds

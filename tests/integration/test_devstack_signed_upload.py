@@ -17,8 +17,8 @@ from storage3.exceptions import StorageApiError
 from storage3.types import CreateSignedUploadUrlOptions
 from supabase import AsyncClient
 
-from realtime_worker.devstack import users
-from realtime_worker.devstack.server import Devstack
+from realtime_worker_devstack import users
+from realtime_worker_devstack.server import Devstack
 from tests.devstack_fixtures import file_options, rows, signed_in, supabase_client
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 from storage3.exceptions import StorageApiError
 from supabase import AsyncClient
 
-from realtime_worker.devstack.server import Devstack
+from realtime_worker_devstack.server import Devstack
 from tests.devstack_fixtures import file_options
 from tests.helpers import make_user
 

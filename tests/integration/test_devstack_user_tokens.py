@@ -20,8 +20,8 @@ from postgrest import AsyncPostgrestClient
 from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 
-from realtime_worker.devstack import users
-from realtime_worker.devstack.server import Devstack
+from realtime_worker_devstack import users
+from realtime_worker_devstack.server import Devstack
 from tests.devstack_fixtures import file_options, rows, signed_in
 
 pytestmark = pytest.mark.integration

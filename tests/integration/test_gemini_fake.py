@@ -15,9 +15,9 @@ from google import genai
 from google.genai import errors, types
 from PIL import Image
 
-from realtime_worker.devstack import photos
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.gemini import GeminiFake, draw_line_art
+from realtime_worker_devstack import photos
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.gemini import GeminiFake, draw_line_art
 from tests.edges import share_on_edges
 from tests.gemini_server import serving
 

@@ -16,8 +16,6 @@ from loguru import logger
 from PIL import Image
 
 from bench.harness import free_port
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.gemini import GeminiFake
 from realtime_worker.errors import (
     ConfigurationJobError,
     JobError,
@@ -25,6 +23,8 @@ from realtime_worker.errors import (
     RetryableJobError,
 )
 from realtime_worker.generator import GeminiGenerator, GenerationRequest, Generator
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.gemini import GeminiFake
 from tests.gemini_server import serving
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from realtime_worker import migrate, sql
-from realtime_worker.devstack import postgres, users
+from realtime_worker_devstack import postgres, users
 from tests.conftest import Database
 
 pytestmark = pytest.mark.integration

@@ -24,14 +24,14 @@ from supabase import AsyncClient
 
 from realtime_worker import config, imaging
 from realtime_worker.config import WorkerSettings
-from realtime_worker.devstack import photos
-from realtime_worker.devstack.server import Devstack
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.jobs import MAX_RETRY_DELAY_SECONDS
 from realtime_worker.metrics import Metrics
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.queue import SupabaseQueue
 from realtime_worker.worker import Worker, WorkerContext, supabase_client
+from realtime_worker_devstack import photos
+from realtime_worker_devstack.server import Devstack
 from tests.edges import share_on_edges
 from tests.helpers import balance, insert_job, job, make_user, refunds, sample
 from tests.waiting import wait_for

@@ -12,8 +12,8 @@ import anyio
 import asyncpg
 import pytest
 
-from realtime_worker.devstack.server import Devstack
 from realtime_worker.worker import Worker
+from realtime_worker_devstack.server import Devstack
 from tests.conftest import Database
 from tests.helpers import insert_job, make_user, sample
 from tests.waiting import wait_for

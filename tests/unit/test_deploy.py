@@ -153,7 +153,8 @@ def test_dependencies_come_from_the_lock_file_in_their_own_layer(dockerfile: lis
             break
         if instruction.keyword in ("COPY", "ADD"):
             before_deps += flags_and_args(instruction.args)[1][:-1]
-    assert sorted(before_deps) == ["pyproject.toml", "uv.lock"], "only these may come before the deps layer"
+    assert sorted(before_deps) == ["devstack/pyproject.toml", "pyproject.toml", "uv.lock"], (
+        "only the workspace's manifests and the lock may come before the deps layer")
 
 
 def test_builds_without_buildkit(dockerfile: list[Instruction]) -> None:
@@ -188,9 +189,11 @@ def test_dockerignore_keeps_local_state_out() -> None:
     lines = {line.strip() for line in (ROOT / ".dockerignore").read_text("utf-8").splitlines()
              if line.strip() and not line.startswith("#")}
     assert {".venv", ".git", ".env", ".env.*"} <= lines
-    needed = {"pyproject.toml", "uv.lock", "README.md", "realtime_worker", "fixtures"}
+    needed = {"pyproject.toml", "uv.lock", "README.md", "realtime_worker", "devstack/pyproject.toml"}
     assert not needed & lines, "the build needs these"
     assert "!README.md" in lines  # the package metadata's readme, despite *.md
+    # The local stack is a development tool: only its manifest enters the build context.
+    assert {"devstack/*", "!devstack/pyproject.toml", "fixtures"} <= lines
 
 
 def hadolint_binary() -> str:

@@ -24,9 +24,9 @@ from pypdf import PdfReader
 from pypdf.generic import DictionaryObject
 
 from realtime_worker import imaging, limits
-from realtime_worker.devstack import photos
 from realtime_worker.errors import PermanentJobError, RetryableJobError
 from realtime_worker.jobs import PaperSize
+from realtime_worker_devstack import photos
 
 pytestmark = pytest.mark.unit
 

@@ -18,12 +18,12 @@ import asyncpg
 from aiohttp import web
 from loguru import logger
 
-from realtime_worker.devstack.db import Database
-from realtime_worker.devstack.faults import Faults
 from realtime_worker.sql import named_queries
+from realtime_worker_devstack.db import Database
+from realtime_worker_devstack.faults import Faults
 
 SCHEMA = "public"
-QUERIES = named_queries("realtime_worker.devstack.sql", "rest.sql")
+QUERIES = named_queries("realtime_worker_devstack.sql", "rest.sql")
 SINGULAR = "application/vnd.pgrst.object+json"
 # The verified claims of the request's key, set by the devstack's auth middleware.
 CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("claims", dict)

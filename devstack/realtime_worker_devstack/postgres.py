@@ -20,12 +20,12 @@ APP_SQL = "app_schema.sql"
 
 
 def fixtures_dir() -> Path:
-    """``fixtures/`` of the source tree, or the copy shipped inside the wheel."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "fixtures", here / "_fixtures"):
-        if (candidate / BASE_SQL).is_file():
-            return candidate
-    raise FileNotFoundError("fixtures/ with the Supabase base schema was not found")
+    """``fixtures/`` at the root of the repository: this package is a workspace member that lives
+    (and runs) in the source tree, beside the fixtures it installs."""
+    folder = Path(__file__).resolve().parents[2] / "fixtures"
+    if not (folder / BASE_SQL).is_file():
+        raise FileNotFoundError(f"{folder} with the Supabase base schema was not found")
+    return folder
 
 
 @dataclass

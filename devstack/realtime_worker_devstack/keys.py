@@ -19,7 +19,7 @@ from typing import Any
 
 import jwt
 
-from realtime_worker.devstack import users
+from realtime_worker_devstack import users
 
 ROLES = ("anon", "authenticated", "service_role")
 API_KEY_ROLES = ("anon", "service_role")

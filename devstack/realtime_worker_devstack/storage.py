@@ -37,12 +37,12 @@ import jwt
 from aiohttp import web
 from loguru import logger
 
-from realtime_worker.devstack.db import Database
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.rest import CLAIMS
+from realtime_worker_devstack.db import Database
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.rest import CLAIMS
 
 if TYPE_CHECKING:
-    from realtime_worker.devstack.db import PoolConnection
+    from realtime_worker_devstack.db import PoolConnection
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # the global limit of a Supabase project on the free plan
 SIGNED_UPLOAD_SECONDS = 2 * 3600  # storage-api's uploadSignedUrlExpirationTime default

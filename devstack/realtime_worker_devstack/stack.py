@@ -24,10 +24,10 @@ import asyncpg
 from loguru import logger
 
 from realtime_worker import config, logs
-from realtime_worker.devstack import postgres, users
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.server import Devstack, running
 from realtime_worker.errors import ConfigError
+from realtime_worker_devstack import postgres, users
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.server import Devstack, running
 
 DATABASE = "devstack"
 DEV_USER_EMAIL = "dev@example.test"

@@ -32,7 +32,7 @@ import anyio.to_thread
 from aiohttp import web
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
-from realtime_worker.devstack.faults import Faults
+from realtime_worker_devstack.faults import Faults
 
 VERSIONS = ("v1beta", "v1")
 GENERATE = "generateContent"

@@ -12,10 +12,10 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.gemini import GeminiFake
-from realtime_worker.devstack.keys import InvalidKey, Keys
-from realtime_worker.devstack.realtime import RealtimeServer
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.gemini import GeminiFake
+from realtime_worker_devstack.keys import InvalidKey, Keys
+from realtime_worker_devstack.realtime import RealtimeServer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -36,21 +36,21 @@ from PIL import Image
 
 from realtime_worker import config, logs, paths, submit
 from realtime_worker.config import WorkerSettings
-from realtime_worker.dev import (
+from realtime_worker.console import say
+from realtime_worker.jobs import AssetKind, JobStatus
+from realtime_worker.storage import SupabaseStorage
+from realtime_worker.worker import Worker, supabase_client
+from realtime_worker_devstack import postgres, users
+from realtime_worker_devstack import stack as devstack
+from realtime_worker_devstack.dev import (
     HOST,
     default_processor,
     gemini_description,
-    say,
     stack_secrets,
     stack_worker_settings,
     wait_subscribed,
 )
-from realtime_worker.devstack import postgres, users
-from realtime_worker.devstack import stack as devstack
-from realtime_worker.devstack.server import Devstack
-from realtime_worker.jobs import AssetKind, JobStatus
-from realtime_worker.storage import SupabaseStorage
-from realtime_worker.worker import Worker, supabase_client
+from realtime_worker_devstack.server import Devstack
 
 DEMO_USER_ID = UUID("00000000-0000-4000-8000-0000000de770")
 DEMO_EMAIL = "demo@example.test"

@@ -21,12 +21,12 @@ from aiohttp import web
 from loguru import logger
 
 from realtime_worker import sql
-from realtime_worker.devstack import postgres
-from realtime_worker.devstack.admin import Admin
-from realtime_worker.devstack.db import Database
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.gemini import GeminiFake
-from realtime_worker.devstack.keys import (
+from realtime_worker_devstack import postgres
+from realtime_worker_devstack.admin import Admin
+from realtime_worker_devstack.db import Database
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.gemini import GeminiFake
+from realtime_worker_devstack.keys import (
     API_KEY_ROLES,
     USER_TOKEN_SECONDS,
     ExpiredKey,
@@ -34,9 +34,9 @@ from realtime_worker.devstack.keys import (
     Keys,
     WrongAudience,
 )
-from realtime_worker.devstack.realtime import RealtimeServer
-from realtime_worker.devstack.rest import CLAIMS, Rest
-from realtime_worker.devstack.storage import MAX_UPLOAD_BYTES, Storage
+from realtime_worker_devstack.realtime import RealtimeServer
+from realtime_worker_devstack.rest import CLAIMS, Rest
+from realtime_worker_devstack.storage import MAX_UPLOAD_BYTES, Storage
 
 HOST = "127.0.0.1"
 _OPEN_PREFIXES = ("/admin/", "/v1beta/", "/v1/")  # admin checks its own key; Gemini checks x-goog-api-key

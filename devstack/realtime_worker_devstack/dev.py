@@ -18,7 +18,6 @@ import functools
 import os
 import shlex
 import signal
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,20 +29,15 @@ from loguru import logger
 
 from realtime_worker import config, logs
 from realtime_worker.config import WorkerSettings
-from realtime_worker.devstack import stack as devstack
-from realtime_worker.devstack.server import Devstack
+from realtime_worker.console import say
 from realtime_worker.worker import ProcessorFactory, Worker
+from realtime_worker_devstack import stack as devstack
+from realtime_worker_devstack.server import Devstack
 
 HOST = "127.0.0.1"
 DEFAULT_WORKER_PORT = 8080
 SUBSCRIBE_WAIT_SECONDS = 15.0
 SUBMIT_EXAMPLE = 'uv run realtime-worker submit "a tiger eating a burger" --wait'
-
-
-def say(text: str = "") -> None:
-    """A line for the person at the terminal (stdout; logs go to stderr)."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def default_processor() -> ProcessorFactory:

@@ -50,10 +50,10 @@ import jwt
 from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
 
-from realtime_worker.devstack.db import Database
-from realtime_worker.devstack.faults import Faults
-from realtime_worker.devstack.keys import InvalidKey, Keys
 from realtime_worker.sql import named_queries
+from realtime_worker_devstack.db import Database
+from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.keys import InvalidKey, Keys
 
 PUBLICATION = "supabase_realtime"
 NOTIFY_CHANNEL = "_devstack_realtime"
@@ -69,7 +69,7 @@ FILTER_OPS = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "isdistinct")
 IS_VALUES = ("null", "true", "false", "unknown")
 REFUSED_JOIN = "UnableToConnectToProject: Realtime was unable to connect to the project database"
 SUBSCRIBED = "Subscribed to PostgreSQL"
-QUERIES = named_queries("realtime_worker.devstack.sql", "realtime.sql")
+QUERIES = named_queries("realtime_worker_devstack.sql", "realtime.sql")
 JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 TableKey = tuple[str, str]
