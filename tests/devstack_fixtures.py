@@ -33,11 +33,17 @@ def file_options(content_type: str, *, upsert: bool = False) -> FileOptions:
 
 
 @asynccontextmanager
-async def supabase_client(url: str, key: str) -> AsyncIterator[AsyncClient]:
-    """The official async client with an HTTP pool this helper closes (no ResourceWarning)."""
+async def supabase_client(url: str, key: str, *, jwt: str | None = None) -> AsyncIterator[AsyncClient]:
+    """The official async client with an HTTP pool this helper closes (no ResourceWarning).
+
+    With ``jwt`` it sends that token as ``Authorization: Bearer`` beside the ``apikey``, as the
+    app's server client does for a signed-in user's session."""
     http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0))
+    options = AsyncClientOptions(httpx_client=http)
+    if jwt is not None:
+        options.headers = {**options.headers, "Authorization": f"Bearer {jwt}"}
     try:
-        yield await acreate_client(url, key, AsyncClientOptions(httpx_client=http))
+        yield await acreate_client(url, key, options)
     finally:
         with anyio.CancelScope(shield=True):
             await http.aclose()
