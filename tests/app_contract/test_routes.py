@@ -144,7 +144,7 @@ async def test_edit_route_finds_the_workers_page_and_the_edit_succeeds(album: Al
     assert album.edit.body["params_json"] == {
         "edit_parent_id": album.text.body["id"], "edit_prompt": EDIT_PROMPT,
         "edit_source_asset_id": edge_maps[0]["id"], "complexity": "standard", "line_thickness": "medium"}
-    assert (album.edit.body["edit_count"], album.edit.body["edits_remaining"]) == (1, 0)
+    assert (album.edit.body["edit_count"], album.edit.body["edits_remaining"]) == (1, 1)
     final = album.final["edit"].answer.body
     assert (final["status"], final["error"]) == ("succeeded", None), final
 
@@ -236,18 +236,36 @@ async def test_credits_route_shows_one_credit_per_job(album: Album) -> None:
 # --- a failure, a retry, the clean-up -------------------------------------------------------------
 
 
-async def test_a_failed_job_shows_failed_a_readable_error_and_its_refund(sign_in: SignIn) -> None:
+async def test_a_failed_job_shows_failed_a_readable_error_and_its_refund(
+        sign_in: SignIn, stack: Devstack) -> None:
     app = await sign_in(balance=2)
-    upload, photo = await submit_photo(app, "not_an_image.jpg", "image/jpeg")
-    assert (upload.status, photo.status) == (200, 200), (upload, photo)
-    polled = await poll(app, photo.body["id"])
+    # Storage refuses the worker's upload of the page (403): our failure, permanent, refunded.
+    stack.faults.update({"storage_error_fraction": 1.0, "storage_error_status": 403,
+                         "storage_error_path_suffix": "/edge.png"})
+    try:
+        text = await routes.post_jobs_text(app, "a castle on a hill", "simple", "medium")
+        assert text.status == 200, text
+        polled = await poll(app, text.body["id"])
+    finally:
+        stack.faults.reset()
     assert polled.answer.body["status"] == "failed", polled.answer
-    error = polled.answer.body["error"]
-    assert error == "The photo could not be read", error
+    assert polled.answer.body["error"] == "The page could not be stored"
     credits = await routes.get_credits(app)
     assert credits.body["balance"] == 2, credits
     refunds = [e for e in credits.body["recent_events"] if e["reason"] == "generation_failed"]
-    assert [e["delta"] for e in refunds] == [1]
+    assert [e["delta"] for e in refunds] == [1], credits
+
+
+async def test_a_photo_that_is_not_an_image_fails_with_a_readable_error(sign_in: SignIn) -> None:
+    app = await sign_in(balance=2)
+    upload, photo = await submit_photo(app, "not_an_image.jpg", "image/jpeg")  # the routes accept it
+    assert (upload.status, photo.status) == (200, 200), (upload, photo)
+    polled = await poll(app, photo.body["id"])
+    assert polled.answer.body["status"] == "failed", polled.answer
+    assert polled.answer.body["error"] == "The photo could not be read"
+    # Refunded or not (the user's own input), the history the credits route shows explains the balance.
+    credits = await routes.get_credits(app)
+    assert credits.body["balance"] == sum(e["delta"] for e in credits.body["recent_events"]), credits
 
 
 async def test_a_job_retrying_after_gemini_503_never_shows_failed_to_the_poller(
