@@ -301,6 +301,22 @@ async def worker_view(service: AsyncClient, job_id: str) -> dict[str, Any]:
     return cast(dict[str, Any], row)
 
 
+async def test_the_text_route_as_written_works_until_the_database_is_hardened(
+        sign_in: SignIn, mode: routes.Mode) -> None:
+    app = await sign_in(balance=2)
+    as_written = SignedIn(app.client, app.user_id, "as_today")
+    answer = await routes.post_jobs_text(as_written, "a fox in the snow", "simple", "thin")
+    balance = (await routes.get_credits(app)).body["balance"]
+    if mode == "as_today":
+        assert (answer.status, balance) == (200, 1), answer
+        assert (await poll(app, answer.body["id"])).answer.body["status"] == "succeeded"
+    else:
+        # `migrate --harden` revokes EXECUTE on increment_user_credits: the route as written
+        # answers CREDIT_ERROR and nothing is charged. Harden only once the app calls create_job.
+        assert answer == Answer(500, {"code": "CREDIT_ERROR", "message": "Failed to deduct credits"})
+        assert balance == 2
+
+
 async def test_cleanup_storage_ttl_keeps_every_row_the_worker_wrote(
         album: Album, service: AsyncClient) -> None:
     before, _ = await routes.run(album.app.client.from_("assets").select("id, kind, storage_path")
