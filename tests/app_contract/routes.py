@@ -141,8 +141,12 @@ async def get_credits(app: SignedIn) -> Answer:
 # --- apps/web/app/api/jobs/text/route.ts (POST) ------------------------------------------------
 
 
+COMPLEXITIES, THICKNESSES = ("simple", "standard", "detailed"), ("thin", "medium", "thick")
+
+
 async def post_jobs_text(app: SignedIn, text_prompt: str, complexity: str, line_thickness: str) -> Answer:
-    if not 5 <= len(text_prompt) <= 500:  # zod: requestSchema.parse(body)
+    valid = 5 <= len(text_prompt) <= 500 and complexity in COMPLEXITIES and line_thickness in THICKNESSES
+    if not valid:  # zod: requestSchema.parse(body)
         return Answer(400, {"code": "VALIDATION_ERROR", "message": "Invalid request data"})
     credits, credits_error = await credits_balance(app)
     if credits_error or not credits or credits["balance"] < 1:
@@ -179,6 +183,8 @@ async def _insert_text_job(app: SignedIn, job_params: Row) -> tuple[Row | None, 
 
 
 async def post_upload(app: SignedIn, filename: str, content_type: str, size: int) -> Answer:
+    if not filename or not content_type or not size:
+        return Answer(400, {"error": "Filename, content type, and size are required"})
     if size > 10 * 1024 * 1024:
         return Answer(400, {"error": "File size exceeds 10MB limit"})
     if content_type not in ("image/jpeg", "image/png", "image/heic", "image/heif"):
@@ -213,6 +219,8 @@ async def browser_upload(app: SignedIn, answer: Answer, data: bytes, content_typ
 
 async def post_jobs(app: SignedIn, asset_id: str, complexity: str, line_thickness: str,
                     custom_prompt: str | None = None) -> Answer:
+    if not asset_id or complexity not in COMPLEXITIES or line_thickness not in THICKNESSES:
+        return Answer(400, {"error": "Asset ID, complexity, and line thickness are required"})
     credits, credits_error = await credits_balance(app)
     if credits_error or not credits or credits["balance"] < 1:
         return Answer(402, {"error": "Insufficient credits"})
