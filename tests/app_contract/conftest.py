@@ -28,7 +28,7 @@ from realtime_worker.devstack import postgres
 from realtime_worker.devstack.server import Devstack, running
 from tests.app_contract.routes import Mode, SignedIn
 from tests.conftest import RUN_TOKEN
-from tests.devstack_fixtures import supabase_client
+from tests.devstack_fixtures import signed_in, supabase_client
 from tests.helpers import make_user
 from tests.waiting import wait_for
 from tests.workers import ready, spawn_worker, subprocess_env
@@ -130,22 +130,16 @@ async def owner(app_db: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-def user_token(stack: Devstack, user_id: str) -> str:
-    """The signed-in user's access token."""
-    return stack.keys.make("authenticated", sub=user_id)
-
-
 @pytest.fixture(scope="module")
 async def sign_in(stack: Devstack, owner: asyncpg.Connection, worker: Path,
                   mode: Mode) -> AsyncIterator[SignIn]:
-    """``await sign_in(balance=…)``: a new user and the app's client for their session (anon key +
-    their JWT), with the worker running."""
+    """``await sign_in(balance=…)``: a new user and the app's client for their session (the anon
+    key + their Supabase-shaped access token), with the worker running."""
     async with AsyncExitStack() as clients:
 
-        async def signed_in(balance: int = 10) -> SignedIn:
-            user_id = str(await make_user(owner, balance=balance))
-            client = await clients.enter_async_context(
-                supabase_client(stack.url, stack.anon_key, jwt=user_token(stack, user_id)))
-            return SignedIn(client, user_id, mode)
+        async def new_session(balance: int = 10) -> SignedIn:
+            user_id = await make_user(owner, balance=balance)
+            client = await clients.enter_async_context(signed_in(stack, user_id))
+            return SignedIn(client, str(user_id), mode)
 
-        yield signed_in
+        yield new_session
