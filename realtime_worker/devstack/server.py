@@ -41,6 +41,7 @@ from realtime_worker.devstack.storage import MAX_UPLOAD_BYTES, Storage
 HOST = "127.0.0.1"
 _OPEN_PREFIXES = ("/admin/", "/v1beta/", "/v1/")  # admin checks its own key; Gemini checks x-goog-api-key
 _SIGNED_DOWNLOAD = "/storage/v1/object/sign/"
+_SIGNED_UPLOAD = "/storage/v1/object/upload/sign/"  # the PUT carries its own token
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -119,7 +120,8 @@ def _needs_key(request: web.Request) -> bool:
     path = request.path
     if path.startswith(_OPEN_PREFIXES):
         return False
-    return not (request.method == "GET" and path.startswith(_SIGNED_DOWNLOAD))
+    return not ((request.method == "GET" and path.startswith(_SIGNED_DOWNLOAD))
+                or (request.method == "PUT" and path.startswith(_SIGNED_UPLOAD)))
 
 
 def gemini_key_for_folder(folder: Path) -> str:
