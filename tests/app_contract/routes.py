@@ -290,18 +290,30 @@ async def get_job(app: SignedIn, job_id: str) -> Answer:
 # --- apps/web/app/api/jobs/[id]/download/route.ts (GET) -----------------------------------------
 
 
-async def get_job_download(app: SignedIn, job_id: str) -> Answer:
+async def completed_job(app: SignedIn, job_id: str) -> Answer | None:
+    """The 404 / 400 of /download and /pdf/export: ``job_of_user``, then ``status !== 'succeeded'``."""
     job, job_error = await job_of_user(app, job_id)
     if job_error or not job:
         return Answer(404, {"error": "Job not found"})
     if job["status"] != "succeeded":
         return Answer(400, {"error": "Job is not completed yet"})
-    # .from('assets').select('storage_path').eq('user_id', user.id).eq('kind', 'edge_map')
-    #   .like('storage_path', `${user.id}/${jobId}/%`).order('created_at', { ascending: false })
-    #   .limit(1).single()
-    edge_map, asset_error = await run(
-        app.client.from_("assets").select("storage_path").eq("user_id", app.user_id).eq("kind", "edge_map")
+    return None
+
+
+async def latest_output(app: SignedIn, job_id: str, kind: str) -> tuple[Any, Exception | None]:
+    """``.from('assets').select('storage_path').eq('user_id', user.id).eq('kind', kind)
+    .like('storage_path', `${user.id}/${jobId}/%`).order('created_at', { ascending: false })
+    .limit(1).single()``: /download (kind 'edge_map') and /pdf/export (kind 'pdf')."""
+    return await run(
+        app.client.from_("assets").select("storage_path").eq("user_id", app.user_id).eq("kind", kind)
         .like("storage_path", f"{app.user_id}/{job_id}/%").order("created_at", desc=True).limit(1).single())
+
+
+async def get_job_download(app: SignedIn, job_id: str) -> Answer:
+    refused = await completed_job(app, job_id)
+    if refused:
+        return refused
+    edge_map, asset_error = await latest_output(app, job_id, "edge_map")
     if asset_error or not edge_map:
         return Answer(404, {"error": "Generated image not found"})
     url = await sign(app, "intermediates", edge_map["storage_path"], 3600)
@@ -455,17 +467,10 @@ async def _version_urls(app: SignedIn, job_id: str) -> dict[str, str]:
 async def post_pdf_export(app: SignedIn, job_id: str, paper_size: str) -> Answer:
     if paper_size not in ("A4", "LETTER"):
         return Answer(400, {"error": "Invalid paper size. Must be A4 or LETTER"})
-    job, job_error = await job_of_user(app, job_id)
-    if job_error or not job:
-        return Answer(404, {"error": "Job not found"})
-    if job["status"] != "succeeded":
-        return Answer(400, {"error": "Job is not completed yet"})
-    # .from('assets').select('storage_path').eq('user_id', user.id).eq('kind', 'pdf')
-    #   .like('storage_path', `${user.id}/${jobId}/%`).order('created_at', { ascending: false })
-    #   .limit(1).single()
-    pdf, pdf_error = await run(
-        app.client.from_("assets").select("storage_path").eq("user_id", app.user_id).eq("kind", "pdf")
-        .like("storage_path", f"{app.user_id}/{job_id}/%").order("created_at", desc=True).limit(1).single())
+    refused = await completed_job(app, job_id)
+    if refused:
+        return refused
+    pdf, pdf_error = await latest_output(app, job_id, "pdf")
     if pdf_error or not pdf:
         return Answer(404, {"error": "PDF not found. The coloring page may still be processing or the PDF"
                                      " generation failed."})
