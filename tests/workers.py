@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import asyncpg
 from anyio.abc import Process
@@ -23,6 +24,7 @@ from realtime_worker.worker import Worker
 from realtime_worker_devstack.server import Devstack
 from tests.helpers import sample
 
+SCRIPTED = "realtime_worker.testing:scripted"
 FAST = {"LEASE_SECONDS": "6", "SHUTDOWN_GRACE_SECONDS": "2", "LOG_LEVEL": "WARNING"}
 
 
@@ -61,10 +63,11 @@ def subprocess_env(devstack: Devstack, **env: str) -> dict[str, str]:
     return {**base, **devstack.env(), "PORT": str(free_port()), "LOG_FORMAT": "json", **FAST, **env}
 
 
-async def spawn_worker(env: dict[str, str], *args: str, log: Path | None = None) -> Process:
-    """``realtime-worker run --processor realtime_worker.testing:scripted`` as a subprocess."""
-    command = [sys.executable, "-m", "realtime_worker", "run",
-               "--processor", "realtime_worker.testing:scripted", *args]
+async def spawn_worker(env: dict[str, str], *args: str, log: Path | None = None,
+                       processor: str = SCRIPTED) -> Process:
+    """``realtime-worker run --processor realtime_worker.testing:scripted`` as a subprocess
+    (``processor=DEFAULT_PROCESSOR`` for the real pipeline: Gemini, Storage, imaging)."""
+    command = [sys.executable, "-m", "realtime_worker", "run", "--processor", processor, *args]
     if log is None:
         return await anyio.open_process(command, env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
@@ -79,3 +82,12 @@ async def statuses(dsn: str) -> dict[str, int]:
     finally:
         await conn.close()
     return {r[0]: r[1] for r in rows}
+
+
+async def ready(port: str) -> bool:
+    """Whether the worker's health server on ``port`` answers ``/ready`` with 200."""
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/ready") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False

@@ -29,6 +29,11 @@ SINGULAR = "application/vnd.pgrst.object+json"
 CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("claims", dict)
 _RESERVED = frozenset({"select", "order", "limit", "offset", "on_conflict", "columns"})
 _COMPARE = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+_CONTAINMENT = {"cs": "@>", "cd": "<@", "ov": "&&"}  # jsonb, arrays and ranges; the value is a literal
+# ``column`` or a JSON path into it, ``params_json->>complexity`` / ``a->b->0``, as PostgREST reads them.
+_JSON_PATH = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:->>?[A-Za-z0-9_]+)*)")
+_JSON_STEP = re.compile(r"(->>?)([A-Za-z0-9_]+)")
+_COUNT = re.compile(r"\bcount=(exact|planned|estimated)\b")
 _IS_VALUES = {"null": "null", "true": "true", "false": "false", "unknown": "unknown"}
 _STATUS_PREFIXES = (
     ("08", 503), ("09", 500), ("0L", 403), ("0P", 403), ("25006", 405), ("25", 500), ("28", 403),
@@ -99,6 +104,9 @@ class Table:
             raise RestError(400, "42703", f"column {self.name}.{name} does not exist")
         return quote_ident(name)
 
+    def is_json(self, name: str) -> bool:
+        return self.columns.get(name) in ("json", "jsonb")
+
 
 def _function_from_row(name: str, row: asyncpg.Record) -> Function:
     names, modes, types = list(row["names"]), list(row["modes"]), list(row["types"])
@@ -154,6 +162,9 @@ def _unknown_function(name: str, given: frozenset[str]) -> RestError:
 
 _RESULT = ("select count(*), coalesce(json_agg(_t), '[]')::text, (json_agg(_t) -> 0)::text"
            " from ({inner}) _t")
+# The same, plus the total the filters match (limit and offset aside), for ``Prefer: count=…``.
+_COUNTED = ("select count(*), coalesce(json_agg(_t), '[]')::text, (json_agg(_t) -> 0)::text,"
+            " (select count(*) from {source}) from ({inner}) _t")
 
 
 def rpc_sql(fn: Function, given: frozenset[str]) -> str:
@@ -191,6 +202,7 @@ class Query:
     limit: int | None = None
     offset: int | None = None
     first_param: int = 1
+    counted: bool = False  # ``Prefer: count=…``: the total ignoring limit and offset is wanted
 
     def param(self, value: Any) -> str:
         self.params.append(value)
@@ -216,11 +228,28 @@ def split_list(text: str) -> list[str]:
     return [quoted.replace('\\"', '"') if quoted else bare for quoted, bare in items]
 
 
+def column_ref(query: Query, text: str) -> tuple[str, str]:
+    """SQL and type of a filter's left side: a column, or a JSON path into a json/jsonb column.
+
+    ``->`` keeps the column's JSON type, ``->>`` gives text; a key of digits is an array index.
+    Keys travel as parameters."""
+    match = _JSON_PATH.fullmatch(text)
+    if match is None:
+        raise RestError(400, "PGRST100", f"failed to parse filter ({text})")
+    name, path = match.groups()
+    sql, kind = query.table.column(name), query.table.columns.get(name, "")
+    if path and not query.table.is_json(name):
+        raise RestError(400, "42883", f"operator does not exist: {kind} -> unknown")
+    for arrow, key in _JSON_STEP.findall(path):
+        index = f"{query.param(int(key))}::int" if key.isdigit() else f"{query.param(key)}::text"
+        sql, kind = f"({sql} {arrow} {index})", "text" if arrow == "->>" else kind
+    return sql, kind
+
+
 def add_filter(query: Query, column: str, expression: str) -> None:
-    column_sql = query.table.column(column)
+    column_sql, kind = column_ref(query, column)
     negate = expression.startswith("not.")
     operator, _, value = expression.removeprefix("not.").partition(".")
-    kind = query.table.columns[column]
     if operator in _COMPARE:
         condition = f"{column_sql} {_COMPARE[operator]} {query.param(value)}::text::{kind}"
     elif operator == "in":
@@ -229,6 +258,8 @@ def add_filter(query: Query, column: str, expression: str) -> None:
         condition = f"{column_sql} is {_IS_VALUES[value.lower()]}"
     elif operator in ("like", "ilike"):
         condition = f"{column_sql}::text {operator} {query.param(value.replace('*', '%'))}"
+    elif operator in _CONTAINMENT:
+        condition = f"{column_sql} {_CONTAINMENT[operator]} {query.param(value)}::text::{kind}"
     else:
         raise RestError(400, "PGRST100", f"failed to parse filter ({expression})")
     query.conditions.append(f"not ({condition})" if negate else condition)
@@ -289,11 +320,26 @@ class Result:
     count: int
     array: str | None
     first: str | None
+    total: int | None = None  # rows matching the filters, when ``Prefer: count=…`` asked for it
+    offset: int = 0
 
 
-def _result(row: asyncpg.Record | None) -> Result:
+def _result(row: asyncpg.Record | None, offset: int | None = None) -> Result:
     assert row is not None  # every statement built here returns exactly one row
-    return Result(int(row[0]), row[1], row[2])
+    total = row[3] if len(row) > 3 else None
+    return Result(int(row[0]), row[1], row[2], total, offset or 0)
+
+
+def wants_count(request: web.Request) -> bool:
+    return _COUNT.search(request.headers.get("Prefer", "")) is not None
+
+
+def content_range(result: Result) -> str:
+    """PostgREST's ``Content-Range``: the rows sent (``*`` when none) over the total (``*`` unknown)."""
+    total = "*" if result.total is None else str(result.total)
+    if not result.count:
+        return f"*/{total}"
+    return f"{result.offset}-{result.offset + result.count - 1}/{total}"
 
 
 def _wants_object(request: web.Request) -> bool:
@@ -313,9 +359,10 @@ def _respond(request: web.Request, result: Result, *, status: int = 200) -> web.
     if _wants_object(request):
         return web.Response(text=result.first or "null", status=status,
                             content_type=SINGULAR, charset="utf-8")
-    range_header = f"0-{result.count - 1}/*" if result.count else "*/*"
+    if result.total is not None and result.offset + result.count < result.total:
+        status = 206  # PostgREST's answer to a page of a counted result
     return web.Response(text=result.array or "[]", status=status, content_type="application/json",
-                        charset="utf-8", headers={"Content-Range": range_header})
+                        charset="utf-8", headers={"Content-Range": content_range(result)})
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -373,11 +420,11 @@ class Rest:
             return RestError(503, "PGRST001", "Database client error. Retrying the connection.").response()
 
     async def _fetch(self, claims: dict[str, Any], sql: str, *args: Any,
-                     singular: bool = False) -> Result:
+                     singular: bool = False, offset: int | None = None) -> Result:
         if not singular:
-            return _result(await self._db.fetchrow_as(claims, sql, *args))
+            return _result(await self._db.fetchrow_as(claims, sql, *args), offset)
         async with self._db.as_role(claims) as conn:
-            result = _result(await conn.fetchrow(sql, *args))
+            result = _result(await conn.fetchrow(sql, *args), offset)
             if result.count != 1:
                 raise _singular_error(result.count)  # rolls the transaction back, as PostgREST does
         return result
@@ -403,10 +450,12 @@ class Rest:
     async def _read(self, request: web.Request, claims: dict[str, Any]) -> web.StreamResponse:
         table = await self.catalog.table(request.match_info["table"])
         query = build_query(table, request.query)
-        inner = (f"select {select_list(table, request.query.get('select'))}"
-                 f" from {quote_ident(SCHEMA)}.{quote_ident(table.name)}{query.where()}{query.tail()}")
-        result = await self._fetch(claims, _RESULT.format(inner=inner), *query.params,
-                                   singular=_wants_object(request))
+        source = f"{quote_ident(SCHEMA)}.{quote_ident(table.name)}{query.where()}"
+        inner = f"select {select_list(table, request.query.get('select'))} from {source}{query.tail()}"
+        template = _COUNTED if wants_count(request) else _RESULT
+        sql = template.format(inner=inner, source=source)
+        result = await self._fetch(claims, sql, *query.params, singular=_wants_object(request),
+                                   offset=query.offset)
         return _respond(request, result)
 
     async def _insert(self, request: web.Request, claims: dict[str, Any]) -> web.StreamResponse:

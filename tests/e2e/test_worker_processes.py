@@ -9,7 +9,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import anyio
 import asyncpg
 import pytest
@@ -20,7 +19,7 @@ from realtime_worker_devstack.server import Devstack
 from tests.conftest import Database
 from tests.helpers import balance, insert_job, job, make_user, refunds
 from tests.waiting import wait_for
-from tests.workers import spawn_worker, statuses, subprocess_env
+from tests.workers import ready, spawn_worker, statuses, subprocess_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -193,7 +192,7 @@ async def test_burst_of_2000_with_bounded_memory(
     peak = 0.0
     try:
         user = await make_user(conn, balance=0)
-        await wait_for(lambda: _ready(env["PORT"]), within=20, what="worker ready")
+        await wait_for(lambda: ready(env["PORT"]), within=20, what="worker ready")
         await bulk_insert(conn, user, 2000, {"script": {"duration": 0.02}})
         for _ in range(1200):
             peak = max(peak, rss_mb(worker.pid))
@@ -205,14 +204,6 @@ async def test_burst_of_2000_with_bounded_memory(
     assert await statuses(db.dsn) == {"succeeded": 2000}
     print(f"burst of 2000: peak RSS {peak:.0f} MB")
     assert 0 < peak < 400
-
-
-async def _ready(port: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/ready") as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def test_sigterm_stops_a_once_run_gracefully(

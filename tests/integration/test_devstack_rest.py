@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import pytest
 from postgrest.exceptions import APIError
+from postgrest.types import CountMethod
 from supabase import AsyncClient
 
 from realtime_worker_devstack.server import Devstack
@@ -187,3 +188,81 @@ async def test_rest_fault_answers_the_configured_status(
     assert caught.value.message == "Injected fault"
     devstack.faults.reset()
     assert (await supabase_service.rpc("worker_reap_expired", {"p_limit": 1}).execute()).data == 0
+
+
+async def jobs_with_params(conn: asyncpg.Connection, user: uuid.UUID,
+                           *params: dict[str, Any]) -> list[uuid.UUID]:
+    return [await insert_job(conn, user, p) for p in params]
+
+
+async def test_head_with_exact_count_answers_the_total_and_no_rows(
+        supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
+    user = await make_user(conn)
+    ids = await jobs_with_params(conn, user, *({"text_prompt": f"p{i}"} for i in range(3)))
+    await conn.execute("update jobs set status = 'succeeded' where id = any($1::uuid[])", ids[:2])
+    counted = await (supabase_service.table("jobs").select("*", count=CountMethod.exact, head=True)
+                     .eq("user_id", str(user)).eq("status", "succeeded").execute())
+    assert (counted.count, counted.data) == (2, [])
+    none = await (supabase_service.table("jobs").select("*", count=CountMethod.exact, head=True)
+                  .eq("user_id", str(uuid.uuid4())).execute())
+    assert (none.count, none.data) == (0, [])
+
+
+async def test_exact_count_ignores_limit_and_offset(devstack: Devstack, conn: asyncpg.Connection) -> None:
+    user = await make_user(conn)
+    await jobs_with_params(conn, user, *({"text_prompt": f"p{i}"} for i in range(5)))
+    headers = {"apikey": devstack.service_key, "Prefer": "count=exact"}
+    async with httpx.AsyncClient(base_url=f"{devstack.url}/rest/v1", headers=headers) as http:
+        page = await http.get("/jobs", params={"select": "id", "user_id": f"eq.{user}",
+                                               "offset": "1", "limit": "2"})
+        head = await http.head("/jobs", params={"user_id": f"eq.{user}"})
+        empty = await http.get("/jobs", params={"user_id": f"eq.{uuid.uuid4()}"})
+        uncounted = await http.get("/jobs", params={"user_id": f"eq.{user}", "limit": "2"},
+                                   headers={"Prefer": ""})
+    assert (page.status_code, page.headers["Content-Range"], len(page.json())) == (206, "1-2/5", 2)
+    assert (head.status_code, head.headers["Content-Range"], head.content) == (200, "0-4/5", b"")
+    assert (empty.status_code, empty.headers["Content-Range"]) == (200, "*/0")
+    assert (uncounted.status_code, uncounted.headers["Content-Range"]) == (200, "0-1/*")
+
+
+async def test_json_path_filters_on_params_json(
+        supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
+    user = await make_user(conn)
+    simple, _, nested = await jobs_with_params(
+        conn, user, {"complexity": "simple"}, {"complexity": "detailed"},
+        {"complexity": "detailed", "tags": ["a", {"k": "simple"}]})
+    text = await (supabase_service.table("jobs").select("id").eq("user_id", str(user))
+                  .eq("params_json->>complexity", "simple").execute())
+    assert rows(text.data) == [{"id": str(simple)}]
+    path = await (supabase_service.table("jobs").select("id").eq("user_id", str(user))
+                  .eq("params_json->tags->1->>k", "simple").execute())
+    assert rows(path.data) == [{"id": str(nested)}]
+    as_json = await (supabase_service.table("jobs").select("id").eq("user_id", str(user))
+                     .eq("params_json->complexity", '"simple"').execute())
+    assert rows(as_json.data) == [{"id": str(simple)}]
+    with pytest.raises(APIError) as not_json:
+        await supabase_service.table("jobs").select("id").eq("status->>x", "y").execute()
+    assert not_json.value.code == "42883"
+
+
+async def test_contains_on_jsonb_and_like_and_in_on_an_enum(
+        supabase_service: AsyncClient, conn: asyncpg.Connection) -> None:
+    user = await make_user(conn)
+    parent = uuid.uuid4()
+    child, _ = await jobs_with_params(
+        conn, user, {"edit_parent_id": str(parent), "edit_prompt": "add a hat"}, {"text_prompt": "x"})
+    found = await (supabase_service.table("jobs").select("id").eq("user_id", str(user))
+                   .contains("params_json", {"edit_parent_id": str(parent)}).execute())
+    assert rows(found.data) == [{"id": str(child)}]
+    outside = await (supabase_service.table("jobs").select("id").eq("user_id", str(user))
+                     .not_.contains("params_json", {"edit_parent_id": str(parent)}).execute())
+    assert len(rows(outside.data)) == 1 and rows(outside.data)[0]["id"] != str(child)
+    folder = f"{user}/{child}"
+    await conn.execute(
+        "insert into assets (user_id, kind, storage_path) values ($1, 'edge_map', $2),"
+        " ($1, 'pdf', $3), ($1, 'thumbnail', $4)",
+        user, f"{folder}/edge.png", f"{folder}/coloring_page.pdf", f"{folder}/thumbnail.png")
+    assets = await (supabase_service.table("assets").select("kind").eq("user_id", str(user))
+                    .in_("kind", ["edge_map", "pdf"]).like("storage_path", f"%/{child}/%")
+                    .order("kind").execute())
+    assert rows(assets.data) == [{"kind": "edge_map"}, {"kind": "pdf"}]
