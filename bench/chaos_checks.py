@@ -249,7 +249,8 @@ def ledger_mismatches(snap: Snapshot, facts: Facts) -> list[str]:
     submitted = Counter(j.user_id for j in snap.jobs.values())
     refunds: Counter[uuid.UUID] = Counter()
     for event in snap.events:
-        refunds[event["user_id"]] += event["delta"]
+        if event["job_id"] is not None:  # the sign-up and purchase rows are in ``start`` already
+            refunds[event["user_id"]] += event["delta"]
     wrong = []
     for user, start in facts.start_balances.items():
         expected = start - submitted[user] + refunds[user]

@@ -25,6 +25,7 @@ from bench import harness
 from realtime_worker import config
 from realtime_worker.assets import SupabaseAssets
 from realtime_worker.config import WorkerSettings
+from realtime_worker.devstack import users
 from realtime_worker.devstack.server import Devstack, running
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.generator import GeneratedImage, GenerationRequest, Generator
@@ -119,10 +120,7 @@ class TimedGenerator:
 async def queue_jobs(dsn: str, count: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        user = uuid.uuid4()
-        await conn.execute("insert into auth.users (id) values ($1)", user)
-        await conn.execute("insert into public.users (id) values ($1)", user)
-        await conn.execute("insert into public.credits (user_id, balance) values ($1, $2)", user, count)
+        user = await users.create(conn, count)
         await conn.executemany("insert into public.jobs (user_id, params_json) values ($1, $2)",
                                [(user, '{"text_prompt": "a lighthouse"}')] * count)
     finally:

@@ -45,7 +45,7 @@ from realtime_worker.dev import (
     stack_worker_settings,
     wait_subscribed,
 )
-from realtime_worker.devstack import postgres
+from realtime_worker.devstack import postgres, users
 from realtime_worker.devstack import stack as devstack
 from realtime_worker.devstack.server import Devstack
 from realtime_worker.jobs import AssetKind, JobStatus
@@ -198,16 +198,10 @@ async def poll(conn: asyncpg.Connection, progress: Progress) -> None:
 
 
 async def seed_demo_user(conn: asyncpg.Connection) -> UUID:
-    """The demo's user (fixed id), topped up to enough credits on every run."""
+    """The demo's user (fixed id), signed up on the first run and topped up on every run."""
     async with conn.transaction():
-        await conn.execute("insert into auth.users (id, email) values ($1, $2) on conflict do nothing",
-                           DEMO_USER_ID, DEMO_EMAIL)
-        await conn.execute("insert into public.users (id, email) values ($1, $2) on conflict do nothing",
-                           DEMO_USER_ID, DEMO_EMAIL)
-        await conn.execute("insert into public.credits (user_id, balance) values ($1, $2)"
-                           " on conflict (user_id) do update set balance ="
-                           " greatest(public.credits.balance, excluded.balance)",
-                           DEMO_USER_ID, DEMO_CREDITS)
+        await users.sign_up(conn, DEMO_USER_ID, DEMO_EMAIL)
+        await users.top_up(conn, DEMO_USER_ID, DEMO_CREDITS)
     return DEMO_USER_ID
 
 

@@ -125,8 +125,9 @@ def worker_columns(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def credit_events(conn: asyncpg.Connection, user: uuid.UUID) -> int:
+    """The user's ledger rows about jobs (refunds); sign-up and purchase rows have no job."""
     count: int = await conn.fetchval(
-        "select count(*) from public.credit_events where user_id = $1", user)
+        "select count(*) from public.credit_events where user_id = $1 and job_id is not null", user)
     return count
 
 
