@@ -13,19 +13,17 @@ import asyncpg
 from supabase import AsyncClient
 
 from realtime_worker import sql
+from realtime_worker.devstack import users
 from realtime_worker.devstack.server import Devstack, running
 from tests.devstack_fixtures import supabase_client
 from tests.integration.test_migration import install_app
 
-SIGNUP_CREDITS = 3  # public.handle_new_user() (fixtures/app_schema.sql)
+SIGNUP_CREDITS = users.SIGNUP_CREDITS
 
 
-async def sign_up(conn: asyncpg.Connection) -> uuid.UUID:
-    """A user as the app creates one: an auth.users row; the sign-up trigger does the rest."""
-    user = uuid.uuid4()
-    await conn.execute("insert into auth.users (id, email) values ($1, $2)",
-                       user, f"{user.hex[:12]}@example.test")
-    return user
+async def sign_up(conn: asyncpg.Connection, balance: int = SIGNUP_CREDITS) -> uuid.UUID:
+    """A user as the app creates one (its sign-up trigger), holding ``balance`` credits."""
+    return await users.create(conn, balance)
 
 
 def as_user(devstack: Devstack, user: uuid.UUID) -> AbstractAsyncContextManager[AsyncClient]:
@@ -63,9 +61,7 @@ async def ledger_total(conn: asyncpg.Connection, user: uuid.UUID) -> int:
     return total
 
 
-async def balance_of(conn: asyncpg.Connection, user: uuid.UUID) -> int:
-    value: int = await conn.fetchval("select balance from public.credits where user_id = $1", user)
-    return value
+balance_of = users.balance
 
 
 async def claim(conn: asyncpg.Connection, job_id: uuid.UUID, worker: str = "w") -> bool:

@@ -51,7 +51,8 @@ async def insert_then_debit(client: AsyncClient, user: uuid.UUID, params: dict[s
         "id": str(uuid.uuid4()), "user_id": str(user), "status": "queued", "params_json": params}).execute()
     await client.table("credits").update({"balance": credits.data["balance"] - 1}).eq(
         "user_id", str(user)).execute()
-    await client.table("credit_events").insert({"user_id": str(user), "delta": -1, "reason": reason}).execute()
+    await client.table("credit_events").insert(
+        {"user_id": str(user), "delta": -1, "reason": reason}).execute()
     return str(rows(job.data)[0]["id"])
 
 
@@ -74,7 +75,8 @@ async def edit_params(client: AsyncClient, user: uuid.UUID, parent: str) -> dict
 
 
 @pytest.fixture(params=["today", "create_job"])
-async def mode(request: pytest.FixtureRequest, devstack: Devstack, conn: asyncpg.Connection) -> AsyncIterator[str]:
+async def mode(request: pytest.FixtureRequest, devstack: Devstack,
+               conn: asyncpg.Connection) -> AsyncIterator[str]:
     if request.param == "create_job":
         await migrate.apply(conn, harden=True)
     yield request.param

@@ -73,9 +73,7 @@ async def insert_directly(stack: Devstack, user: uuid.UUID, jobs: list[dict[str,
 async def test_100_direct_inserts_of_failing_jobs_mint_no_credits(
         schema: tuple[str, Devstack, asyncpg.Connection]) -> None:
     version, stack, conn = schema
-    user = await sign_up(conn)
-    await conn.execute("update public.credits set balance = 0 where user_id = $1", user)
-    await conn.execute("delete from public.credit_events where user_id = $1", user)
+    user = await sign_up(conn, balance=0)
 
     jobs = await insert_directly(stack, user, [{"params_json": {}}] * 100)  # nothing to draw
     await run_worker_once(stack)
@@ -148,6 +146,7 @@ async def test_a_finished_job_cannot_be_reset_or_rewritten(
             assert f"jobs.{next(iter(change))} cannot be changed" in str(refused.value.message)
     after = await conn.fetchrow("select * from public.jobs where id = $1", job_id)
     column = next(iter(change))
+    assert before is not None and after is not None
     assert (after[column] == before[column]) is (version == "after")
 
 
@@ -157,7 +156,8 @@ async def test_12_mb_of_params_are_refused(schema: tuple[str, Devstack, asyncpg.
     huge = {**TEXT, "padding": "x" * 12_000_000}
     if version == "before":
         [job_id] = await insert_directly(stack, user, [{"params_json": huge}])
-        size = await conn.fetchval("select octet_length(params_json::text) from public.jobs where id = $1", job_id)
+        size = await conn.fetchval(
+            "select octet_length(params_json::text) from public.jobs where id = $1", job_id)
         assert size > 12_000_000
         return
     with pytest.raises(APIError) as refused:

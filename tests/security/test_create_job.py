@@ -74,9 +74,9 @@ async def test_no_credit_is_402_and_changes_nothing(devstack: Devstack, conn: as
     assert await conn.fetchval("select count(*) from public.jobs where user_id = $1", user) == SIGNUP_CREDITS
 
 
-async def test_two_calls_for_the_last_credit_make_one_job(devstack: Devstack, conn: asyncpg.Connection) -> None:
-    user = await sign_up(conn)
-    await conn.execute("update public.credits set balance = 1 where user_id = $1", user)
+async def test_two_calls_for_the_last_credit_make_one_job(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
+    user = await sign_up(conn, balance=1)
     outcomes = await asyncio.gather(*(create(devstack, user, TEXT) for _ in range(4)),
                                     return_exceptions=True)
     made = [o for o in outcomes if isinstance(o, dict)]
@@ -108,7 +108,8 @@ async def test_bad_params_are_400_and_cost_nothing(
     assert await conn.fetchval("select count(*) from public.jobs where user_id = $1", user) == 0
 
 
-async def test_a_photo_job_needs_an_original_of_the_caller(devstack: Devstack, conn: asyncpg.Connection) -> None:
+async def test_a_photo_job_needs_an_original_of_the_caller(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
     user, other = await sign_up(conn), await sign_up(conn)
     photo = {"complexity": "detailed", "line_thickness": "thick", "custom_prompt": "sunny"}
     for asset_id in (await asset(conn, other, "original"), await asset(conn, user, "edge_map")):
@@ -133,8 +134,7 @@ async def succeeded(conn: asyncpg.Connection, user: uuid.UUID) -> uuid.UUID:
 
 async def test_an_edit_needs_a_succeeded_job_and_a_page_of_the_caller(
         devstack: Devstack, conn: asyncpg.Connection) -> None:
-    user, other = await sign_up(conn), await sign_up(conn)
-    await conn.execute("update public.credits set balance = 10 where user_id = $1", user)
+    user, other = await sign_up(conn, balance=10), await sign_up(conn)
     parent, page = await succeeded(conn, user), await asset(conn, user, "edge_map")
     edit = {"edit_parent_id": str(parent), "edit_prompt": "add a hat",
             "edit_source_asset_id": str(page), "complexity": "simple", "line_thickness": "thin"}

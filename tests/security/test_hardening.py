@@ -4,6 +4,7 @@ takes from signed-in users (direct writes) and leaves them (reads, create_job) a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -62,7 +63,8 @@ async def test_who_may_write_what(conn: asyncpg.Connection, hardened: bool) -> N
     for role in ("anon", "authenticated", "service_role"):
         found = dict(await conn.fetchrow(PRIVILEGES, role) or {})
         writes = {k: found.pop(k) for k in
-                  ("jobs_insert", "jobs_update", "credits_update", "credits_insert", "events_insert", "increment")}
+                  ("jobs_insert", "jobs_update", "credits_update", "credits_insert", "events_insert",
+                   "increment")}
         assert set(writes.values()) == {role == "service_role" or not hardened}, (role, writes)
         assert found == {"jobs_select": True, "credits_select": True,
                          "create_job": role == "authenticated"}, role
@@ -78,7 +80,7 @@ async def test_after_hardening_a_user_writes_only_through_create_job(
         hardened_stack: Devstack, conn: asyncpg.Connection) -> None:
     user = await sign_up(conn)
     async with as_user(hardened_stack, user) as client:
-        attempts = [
+        attempts: list[Any] = [
             client.table("jobs").insert({"user_id": str(user), "params_json": TEXT}),
             client.table("credits").update({"balance": 1000}).eq("user_id", str(user)),
             client.table("credit_events").insert({"user_id": str(user), "delta": 1000, "reason": "gift"}),
@@ -103,7 +105,8 @@ async def test_after_hardening_the_service_role_keeps_its_writes(
     async with httpx.AsyncClient(base_url=hardened_stack.url, headers=headers) as http:
         purchase = await http.post("/rest/v1/credit_events", json={
             "user_id": str(user), "delta": 10, "reason": "Credit pack purchase", "stripe_event_id": "cs_1"})
-        credit = await http.post("/rest/v1/rpc/increment_user_credits", json={"user_id": str(user), "amount": 10})
+        credit = await http.post("/rest/v1/rpc/increment_user_credits",
+                                 json={"user_id": str(user), "amount": 10})
         job = await http.post("/rest/v1/jobs", json={"user_id": str(user), "params_json": TEXT})
     assert (purchase.status_code, credit.status_code, job.status_code) == (201, 204, 201)
     assert await balance_of(conn, user) == SIGNUP_CREDITS + 10

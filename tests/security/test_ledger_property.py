@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
+from realtime_worker.devstack import users
 from tests.conftest import Database
 from tests.security.support import SIGNUP_CREDITS, balance_of, ledger_total
 
@@ -43,9 +44,7 @@ class UserAndWorker(RuleBasedStateMachine):
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: asyncpg.Connection) -> None:
         super().__init__()
         self.loop, self.conn = loop, conn
-        self.user = uuid.uuid4()
-        self.run(conn.execute("insert into auth.users (id, email) values ($1, $2)",
-                              self.user, f"{self.user.hex[:12]}@example.test"))
+        self.user = self.run(users.sign_up(conn))
         self.expected = SIGNUP_CREDITS
         self.purchases = 0
         self.exposure = 0  # refunds of unpaid direct jobs (docs/security.md "Remaining exposure")
@@ -86,7 +85,8 @@ class UserAndWorker(RuleBasedStateMachine):
         [row] = self.run(self.as_user("""insert into public.jobs (user_id, status, params_json)
                                          values ($1, 'queued', $2::jsonb) returning id""",
                                       self.user, json.dumps(TEXT)))
-        self.run(self.as_user("update public.credits set balance = balance - 1 where user_id = $1", self.user))
+        self.run(self.as_user(
+            "update public.credits set balance = balance - 1 where user_id = $1", self.user))
         self.run(self.as_user("""insert into public.credit_events (user_id, delta, reason)
                                  values ($1, -1, 'generation_queued')""", self.user))
         self.expected -= 1
@@ -95,7 +95,8 @@ class UserAndWorker(RuleBasedStateMachine):
 
     @rule(target=jobs, status=st.sampled_from(["queued", "running", "succeeded", "failed"]),
           back_dated=st.booleans(), params=st.sampled_from([{}, TEXT, {"text_prompt": 3}]))
-    def insert_directly_without_paying(self, status: str, back_dated: bool, params: object) -> uuid.UUID | None:
+    def insert_directly_without_paying(self, status: str, back_dated: bool,
+                                       params: object) -> uuid.UUID | None:
         query = """insert into public.jobs (user_id, status, params_json, created_at, credits_charged)
                    values ($1, $2::public.job_status, $3::jsonb, $4, 50) returning id, created_at"""
         created = datetime(2000, 1, 1, tzinfo=UTC) if back_dated else datetime.now(UTC)
@@ -132,11 +133,8 @@ class UserAndWorker(RuleBasedStateMachine):
 
     @rule(amount=st.sampled_from([1, 10]))
     def purchase(self, amount: int) -> None:
-        """The Stripe webhook: a ledger row, then increment_user_credits, as the service role."""
-        self.run(self.conn.execute("""insert into public.credit_events (user_id, delta, reason, stripe_event_id)
-                                      values ($1, $2, 'Credit pack purchase', $3)""",
-                                   self.user, amount, uuid.uuid4().hex))
-        self.run(self.conn.execute("select public.increment_user_credits($1, $2)", self.user, amount))
+        """The Stripe webhook: a ledger row with the session's id, then the balance."""
+        self.run(users.purchase(self.conn, self.user, amount))
         self.expected += amount
         self.purchases += amount
 
@@ -183,7 +181,8 @@ class UserAndWorker(RuleBasedStateMachine):
         self.run(self.conn.execute(
             "update public.jobs set locked_until = now() - interval '1 s' where id = $1", job))
         self.run(self.conn.fetchval("select public.worker_reap_expired(100)"))
-        if self.run(self.conn.fetchval("select status::text from public.jobs where id = $1", job)) == "failed":
+        status = self.run(self.conn.fetchval("select status::text from public.jobs where id = $1", job))
+        if status == "failed":
             self.settle(job, "lease_expired")
 
     # --- after every step -----------------------------------------------------------------
@@ -198,7 +197,8 @@ class UserAndWorker(RuleBasedStateMachine):
     def refunds_never_exceed_charges(self) -> None:
         over = self.run(self.conn.fetch("""
             select j.id, j.charged_via, j.credits_charged, sum(e.delta) as refunded
-            from public.jobs j join public.credit_events e on e.job_id = j.id and e.reason = 'generation_failed'
+            from public.jobs j
+            join public.credit_events e on e.job_id = j.id and e.reason = 'generation_failed'
             where j.user_id = $1 group by j.id
             having sum(e.delta) > case when j.charged_via = 'direct' then 1 else j.credits_charged end
                 or count(*) > 1""", self.user))
@@ -209,8 +209,12 @@ def test_no_sequence_of_calls_mints_credits(db: Database) -> None:
     loop = asyncio.new_event_loop()
     conn = loop.run_until_complete(asyncpg.connect(db.dsn))
     try:
+        class OnThisDatabase(UserAndWorker):
+            def __init__(self) -> None:
+                super().__init__(loop, conn)
+
         run_state_machine_as_test(
-            lambda: UserAndWorker(loop, conn),
+            OnThisDatabase,
             settings=settings(max_examples=40, stateful_step_count=25, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow]))
     finally:

@@ -5,6 +5,7 @@ gets back one credit, and only when the failure is ours."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -105,7 +106,8 @@ async def test_the_worker_refunds_a_paid_photo_job_and_not_the_same_job_inserted
     assert await balance_of(conn, user) == SIGNUP_CREDITS
 
 
-async def test_a_user_cannot_relabel_a_direct_job_as_paid(devstack: Devstack, conn: asyncpg.Connection) -> None:
+async def test_a_user_cannot_relabel_a_direct_job_as_paid(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
     user = await sign_up(conn)
     job_id = await direct(devstack, user, {**TEXT, "charged_via": "x"})
     async with as_user(devstack, user) as client:
@@ -131,3 +133,31 @@ async def test_jobs_older_than_0004_are_direct_and_new_trusted_rows_are_service(
         assert {r["id"]: r["charged_via"] for r in found} == {old: "direct", new: "service"}
     finally:
         await conn.close()
+
+
+def operator_checks() -> list[str]:
+    """The SQL block of docs/security.md "Operator's checks for minted credits", one per query."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text("utf-8")
+    section = text.split("## Operator's checks for minted credits", 1)[1]
+    block = section.split("```sql", 1)[1].split("```", 1)[0]
+    return [q.strip() for q in block.split(";\n") if q.strip()]
+
+
+async def test_the_operators_checks_find_minted_credits(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
+    honest, minter = await sign_up(conn), await sign_up(conn)
+    for user in (honest, minter):
+        job_id = await through_create_job(devstack, user, TEXT)
+        assert await claim(conn, job_id)
+        await fail(conn, job_id, "gemini_unavailable")
+    checks = operator_checks()
+    assert len(checks) == 3
+    for query in checks:
+        assert await conn.fetch(query) == [], query
+    direct_job = await direct(devstack, minter, TEXT)
+    await conn.execute("""insert into public.credit_events (user_id, delta, reason, job_id)
+                          values ($1, 5, 'generation_failed', $2)""", minter, direct_job)
+    async with as_user(devstack, minter) as client:  # the app's RLS: any balance, directly
+        await client.table("credits").update({"balance": 99}).eq("user_id", str(minter)).execute()
+    found = [[r[0] for r in await conn.fetch(query)] for query in checks]
+    assert found == [[minter], [direct_job], [minter]]
