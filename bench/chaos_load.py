@@ -141,7 +141,7 @@ async def upload_photos(conn: asyncpg.Connection, http: httpx.AsyncClient, users
         user.photo_asset = await conn.fetchval(
             "insert into public.assets (user_id, kind, storage_path, bytes, width, height)"
             " values ($1, 'original', $2, $3, 800, 600) returning id",
-            user.id, f"originals/{name}", len(photo))
+            user.id, name, len(photo))
 
 
 async def make_pages(conn: asyncpg.Connection, users: list[User], within: float) -> None:
@@ -158,8 +158,8 @@ async def make_pages(conn: asyncpg.Connection, users: list[User], within: float)
             await anyio.sleep(0.2)
     for user in users:
         user.page_asset = await conn.fetchval(
-            "select id from public.assets where kind = 'edge_map' and storage_path like $1",
-            f"%/{user.page_job}/edge.png")
+            "select id from public.assets where kind = 'edge_map' and storage_path = $1",
+            f"{user.id}/{user.page_job}/edge.png")
 
 
 # --- jobs ---------------------------------------------------------------------------------------

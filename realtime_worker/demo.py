@@ -213,7 +213,7 @@ async def upload_photo(client: Any, user: UUID) -> UUID:
         name, data, {"content-type": "image/jpeg", "upsert": "true"})
     width, height = Image.open(io.BytesIO(data)).size
     response = await client.table("assets").insert({
-        "user_id": str(user), "kind": "original", "storage_path": f"{paths.ORIGINALS}/{name}",
+        "user_id": str(user), "kind": "original", "storage_path": name,
         "bytes": len(data), "width": width, "height": height}).execute()
     return UUID(str(response.data[0]["id"]))
 
@@ -221,7 +221,7 @@ async def upload_photo(client: Any, user: UUID) -> UUID:
 async def page_asset(client: Any, user: UUID, job_id: UUID) -> UUID:
     """The ``edge_map`` asset a finished job wrote (what the app offers to edit)."""
     page = paths.output_path(AssetKind.EDGE_MAP, user, job_id)
-    response = await client.table("assets").select("id").eq("storage_path", page.qualified).execute()
+    response = await client.table("assets").select("id").eq("storage_path", page.name).execute()
     return UUID(str(response.data[0]["id"]))
 
 
