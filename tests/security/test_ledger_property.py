@@ -147,7 +147,7 @@ class UserAndWorker(RuleBasedStateMachine):
     def settle(self, job: uuid.UUID, code: str) -> None:
         """The model's refund for a job that just failed for good with ``code``."""
         kind = self.paid[job]
-        refund = 1 if kind == "create_job" or code in (*OURS, "lease_expired") else 0
+        refund = 1 if kind == "create_job" or code in (*OURS, "lease_expired", "gemini_timeout") else 0
         self.expected += refund
         self.exposure += refund if kind == "unpaid" else 0
 
