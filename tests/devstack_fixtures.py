@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -33,14 +34,26 @@ def file_options(content_type: str, *, upsert: bool = False) -> FileOptions:
 
 
 @asynccontextmanager
-async def supabase_client(url: str, key: str) -> AsyncIterator[AsyncClient]:
-    """The official async client with an HTTP pool this helper closes (no ResourceWarning)."""
+async def supabase_client(url: str, key: str, access_token: str | None = None) -> AsyncIterator[AsyncClient]:
+    """The official async client with an HTTP pool this helper closes (no ResourceWarning);
+    with ``access_token``, signed in: that token is the bearer of REST, Storage and Realtime."""
     http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0))
+    headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
     try:
-        yield await acreate_client(url, key, AsyncClientOptions(httpx_client=http))
+        client = await acreate_client(url, key, AsyncClientOptions(httpx_client=http, headers=headers))
+        if access_token:
+            await client.realtime.set_auth(access_token)
+        yield client
     finally:
         with anyio.CancelScope(shield=True):
             await http.aclose()
+
+
+def signed_in(devstack: Devstack, user_id: uuid.UUID, *,
+              access_token: str | None = None) -> AbstractAsyncContextManager[AsyncClient]:
+    """The official client as the app's server code holds it for a signed-in user: the anon key
+    as ``apikey`` and the user's access token (Supabase-shaped, :meth:`Devstack.user_token`)."""
+    return supabase_client(devstack.url, devstack.anon_key, access_token or devstack.user_token(user_id))
 
 
 @pytest.fixture

@@ -967,7 +967,7 @@ def _refusal(problem: str, token: str) -> Refusal:
     if "Signature verification failed" in problem:
         message = "Failed to validate JWT signature"
         return Refusal(message, f"JwtSignatureError: {message}", message)
-    if "role" in problem:
+    if "role" in problem or '"exp"' in problem:
         message = "Fields `role` and `exp` are required in JWT"
         return Refusal(message, f"InvalidJWTToken: {message}", message)
     message = "The token provided is not a valid JWT"

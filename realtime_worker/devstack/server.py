@@ -1,14 +1,17 @@
 """The devstack: one 127.0.0.1 port speaking Supabase's REST, Storage and Realtime and Gemini's API.
 
 Every request except the admin and Gemini ones must carry a key of this stack, as behind
-Supabase's gateway: an ``apikey`` header (or ``?apikey=``), and optionally ``Authorization:
-Bearer <jwt>``, which then decides the role and claims the request runs with.
+Supabase's gateway: an ``apikey`` header (or ``?apikey=``) holding the anon or the service_role
+key (the gateway knows only those two: a user's token there is an invalid API key), and
+optionally ``Authorization: Bearer <jwt>`` (an API key, or a signed-in user's access token),
+which then decides the role and claims the request runs with.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +26,14 @@ from realtime_worker.devstack.admin import Admin
 from realtime_worker.devstack.db import Database
 from realtime_worker.devstack.faults import Faults
 from realtime_worker.devstack.gemini import GeminiFake
-from realtime_worker.devstack.keys import InvalidKey, Keys
+from realtime_worker.devstack.keys import (
+    API_KEY_ROLES,
+    USER_TOKEN_SECONDS,
+    ExpiredKey,
+    InvalidKey,
+    Keys,
+    WrongAudience,
+)
 from realtime_worker.devstack.realtime import RealtimeServer
 from realtime_worker.devstack.rest import CLAIMS, Rest
 from realtime_worker.devstack.storage import MAX_UPLOAD_BYTES, Storage
@@ -31,6 +41,7 @@ from realtime_worker.devstack.storage import MAX_UPLOAD_BYTES, Storage
 HOST = "127.0.0.1"
 _OPEN_PREFIXES = ("/admin/", "/v1beta/", "/v1/")  # admin checks its own key; Gemini checks x-goog-api-key
 _SIGNED_DOWNLOAD = "/storage/v1/object/sign/"
+_SIGNED_UPLOAD = "/storage/v1/object/upload/sign/"  # the PUT carries its own token
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -51,15 +62,18 @@ def _bad_key() -> AuthFailure:
     return AuthFailure(web.json_response({"message": "Invalid API key", "hint": hint}, status=401))
 
 
-def _bad_bearer(path: str, reason: str) -> AuthFailure:
-    expired = "expired" in reason.lower()
+def _bad_bearer(path: str, problem: InvalidKey) -> AuthFailure:
+    """Storage's and PostgREST's answers to a refused bearer token (expired, other audience,
+    badly signed)."""
+    claims_error = isinstance(problem, ExpiredKey | WrongAudience)
     if path.startswith("/storage/"):
+        message = {ExpiredKey: "jwt expired", WrongAudience: "jwt audience invalid. expected: authenticated"}
         storage = {"statusCode": "403", "code": "AccessDenied", "error": "Unauthorized",
-                   "message": "jwt expired" if expired else "invalid signature"}
+                   "message": message.get(type(problem), "invalid signature")}
         return AuthFailure(web.json_response(storage, status=400))
     rest: dict[str, str | None] = {
-        "code": "PGRST303" if expired else "PGRST301", "details": None, "hint": None,
-        "message": "JWT expired" if expired else "JWSError JWSInvalidSignature"}
+        "code": "PGRST303" if claims_error else "PGRST301", "details": None, "hint": None,
+        "message": str(problem) if claims_error else "JWSError JWSInvalidSignature"}
     return AuthFailure(web.json_response(rest, status=401))
 
 
@@ -90,13 +104,15 @@ class KeyCheck:
             claims = self.verify(apikey)
         except InvalidKey:
             raise _bad_key() from None
+        if claims["role"] not in API_KEY_ROLES:
+            raise _bad_key()
         header = request.headers.get("Authorization", "")
         bearer = header[7:].strip() if header.lower().startswith("bearer ") else ""
         if bearer and bearer != apikey:
             try:
                 claims = self.verify(bearer)
             except InvalidKey as exc:
-                raise _bad_bearer(request.path, str(exc)) from None
+                raise _bad_bearer(request.path, exc) from None
         return claims
 
 
@@ -104,7 +120,8 @@ def _needs_key(request: web.Request) -> bool:
     path = request.path
     if path.startswith(_OPEN_PREFIXES):
         return False
-    return not (request.method == "GET" and path.startswith(_SIGNED_DOWNLOAD))
+    return not ((request.method == "GET" and path.startswith(_SIGNED_DOWNLOAD))
+                or (request.method == "PUT" and path.startswith(_SIGNED_UPLOAD)))
 
 
 def gemini_key_for_folder(folder: Path) -> str:
@@ -162,6 +179,11 @@ class Devstack:
         if self._url is None:
             raise RuntimeError("the devstack is not running")
         return self._url
+
+    def user_token(self, user_id: uuid.UUID, *, email: str | None = None,
+                   ttl: int = USER_TOKEN_SECONDS) -> str:
+        """The access token Supabase Auth would give ``user_id`` after signing in on this stack."""
+        return self.keys.user_token(user_id, issuer=f"{self.url}/auth/v1", email=email, ttl=ttl)
 
     def env(self) -> dict[str, str]:
         """What a worker (or the app) needs to talk to this stack."""

@@ -4,6 +4,14 @@ Rows are read and written under the request's key, so the RLS policies on ``stor
 decide who may upload, read, list or delete, as on Supabase. Errors keep storage-api's body
 ``{statusCode, code, error, message}`` and, like it, answer HTTP 400 for every non-500 error
 (the real status travels in ``statusCode``).
+
+Signed uploads, as the app's upload route uses them (``createSignedUploadUrl`` with the user's
+session, then the browser PUTs the file): ``POST /object/upload/sign/{bucket}/{name}`` checks that
+the caller may insert that object under RLS (a trial insert, rolled back) and that it does not
+exist yet unless ``x-upsert``, then answers ``{url, token}``; the token (2 hours, scope
+``upload``) names the object, its owner and whether it may replace one. ``PUT`` on that URL needs
+no key, only the token: it stores the object as its owner, within the bucket's size limit and
+MIME list.
 """
 
 from __future__ import annotations
@@ -14,11 +22,13 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -31,7 +41,12 @@ from realtime_worker.devstack.db import Database
 from realtime_worker.devstack.faults import Faults
 from realtime_worker.devstack.rest import CLAIMS
 
+if TYPE_CHECKING:
+    from realtime_worker.devstack.db import PoolConnection
+
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # the global limit of a Supabase project on the free plan
+SIGNED_UPLOAD_SECONDS = 2 * 3600  # storage-api's uploadSignedUrlExpirationTime default
+UPLOAD_SCOPE = "upload"
 _BUCKET_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _SORT_COLUMNS = ("name", "updated_at", "created_at", "last_accessed_at")
 _BUCKET_SQL = ("select id, name, coalesce(owner::text, '') as owner, public, file_size_limit,"
@@ -173,6 +188,18 @@ async def read_upload(request: web.Request) -> Upload:
     return Upload(data, mimetype, cache if cache.startswith("max-age") else f"max-age={cache}")
 
 
+def upsert_header(request: web.Request) -> bool:
+    return request.headers.get("x-upsert", "false").lower() == "true"
+
+
+def insert_sql(upsert: bool) -> str:
+    """An object's row; with ``upsert``, replacing the row of the same name."""
+    return ("insert into storage.objects (bucket_id, name, owner, metadata) values ($1, $2, $3, $4)"
+            + (" on conflict (bucket_id, name) do update set metadata = excluded.metadata,"
+               " owner = excluded.owner, updated_at = now(), last_accessed_at = now()" if upsert else "")
+            + " returning id")
+
+
 def list_level(rows: list[asyncpg.Record], folder: str, search: str) -> list[dict[str, Any]]:
     """One level below ``folder``: sub-folders (no id) and files, as storage's search() lists them."""
     folders: dict[str, dict[str, Any]] = {}
@@ -230,6 +257,8 @@ class Storage:
             web.get(f"{base}/bucket", handle(self._list_buckets)),
             web.get(f"{base}/bucket/{{bucket}}", handle(self._get_bucket)),
             web.post(f"{base}/object/list/{{bucket}}", handle(self._list)),
+            web.post(f"{base}/object/upload/sign/{obj}", handle(self._sign_upload)),
+            web.put(f"{base}/object/upload/sign/{obj}", handle(self._signed_upload)),
             web.post(f"{base}/object/sign/{{bucket}}", handle(self._sign_many)),
             web.post(f"{base}/object/sign/{obj}", handle(self._sign)),
             web.get(f"{base}/object/sign/{obj}", handle(self._signed_download)),
@@ -317,12 +346,7 @@ class Storage:
             raise bad_mime(upload.mimetype)
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
-        upsert = request.headers.get("x-upsert", "false").lower() == "true"
-        verb = ("insert into storage.objects (bucket_id, name, owner, metadata) values ($1, $2, $3, $4)"
-                + (" on conflict (bucket_id, name) do update set metadata = excluded.metadata,"
-                   " owner = excluded.owner, updated_at = now(), last_accessed_at = now()" if upsert else "")
-                + " returning id")
-        return await self._store(request, verb)
+        return await self._store(request, insert_sql(upsert_header(request)))
 
     async def _update(self, request: web.Request) -> web.StreamResponse:
         verb = ("update storage.objects set metadata = $4, owner = coalesce($3, owner), updated_at = now(),"
@@ -331,20 +355,70 @@ class Storage:
 
     async def _store(self, request: web.Request, sql: str) -> web.StreamResponse:
         bucket, key = await self._target(request)
+        claims = self._claims(request)
+        return await self._write(request, bucket, key, sql, self._owner(claims), self._db.as_role(claims))
+
+    async def _write(self, request: web.Request, bucket: Bucket, key: str, sql: str, owner: str | None,
+                     connection: AbstractAsyncContextManager[PoolConnection]) -> web.StreamResponse:
+        """The request's body stored at ``bucket/key`` by ``sql``, run on ``connection`` (a transaction)."""
         upload = await read_upload(request)
         self._check(bucket, upload)
         dest = self._path(bucket.id, key)
         temp = await anyio.to_thread.run_sync(_write_temp, dest.parent, upload.data)
         try:
-            async with self._db.as_role(self._claims(request)) as conn:
-                row = await conn.fetchrow(sql, bucket.id, key, self._owner(self._claims(request)),
-                                          object_metadata(upload))
+            async with connection as conn:
+                row = await conn.fetchrow(sql, bucket.id, key, owner, object_metadata(upload))
                 if row is None:
                     raise no_such_key()
                 os.replace(temp, dest)  # inside the transaction: a failed commit leaves no orphan row
         finally:
             temp.unlink(missing_ok=True)
         return web.json_response({"Id": str(row["id"]), "Key": f"{bucket.id}/{key}"})
+
+    # --- signed uploads -------------------------------------------------------------------------
+
+    async def _sign_upload(self, request: web.Request) -> web.StreamResponse:
+        bucket, key = await self._target(request)
+        claims, upsert = self._claims(request), upsert_header(request)
+        owner = self._owner(claims)
+        async with self._db.as_role(claims) as conn:
+            if not upsert and await self._exists(bucket.id, key):
+                raise already_exists()
+            trial = conn.transaction()  # may this caller insert it? (RLS decides; nothing stays)
+            await trial.start()
+            try:
+                await conn.fetchrow(insert_sql(upsert), bucket.id, key, owner, {})
+            finally:
+                await trial.rollback()
+        now = int(time.time())
+        token = jwt.encode({"owner": owner, "url": f"{bucket.id}/{key}", "upsert": upsert,
+                            "scope": UPLOAD_SCOPE, "iat": now, "exp": now + SIGNED_UPLOAD_SECONDS},
+                           self._secret, algorithm="HS256")
+        return web.json_response({"url": f"/object/upload/sign/{bucket.id}/{quote(key)}?token={token}",
+                                  "token": token})
+
+    async def _exists(self, bucket: str, key: str) -> bool:
+        async with self._db.admin() as conn:
+            found = await conn.fetchval("select exists (select 1 from storage.objects"
+                                        " where bucket_id = $1 and name = $2)", bucket, key)
+        return bool(found)
+
+    async def _signed_upload(self, request: web.Request) -> web.StreamResponse:
+        bucket, key = await self._target(request)
+        claims = self._url_token(request, bucket.id, key)
+        if claims.get("scope") != UPLOAD_SCOPE:
+            raise StorageError(400, "InvalidSignature", "The token is not an upload token")
+        upsert = bool(claims.get("upsert"))
+        if not upsert and await self._exists(bucket.id, key):
+            raise already_exists()
+        owner = claims.get("owner")
+        return await self._write(request, bucket, key, insert_sql(upsert), owner, self._as_owner())
+
+    @asynccontextmanager
+    async def _as_owner(self) -> AsyncIterator[PoolConnection]:
+        """A transaction as the database owner, as storage-api's super user writes signed uploads."""
+        async with self._db.admin() as conn, conn.transaction():
+            yield conn
 
     # --- downloads ----------------------------------------------------------------------------
 
@@ -412,18 +486,25 @@ class Storage:
              "signedURL": self._signed_url(bucket.id, p, seconds) if p in found else None}
             for p in paths])
 
-    async def _signed_download(self, request: web.Request) -> web.StreamResponse:
-        bucket, key = await self._target(request)
+    def _url_token(self, request: web.Request, bucket: str, key: str) -> dict[str, Any]:
+        """The claims of the ``?token=`` of a signed URL, which must name this object."""
         try:
-            claims = jwt.decode(request.query.get("token", ""), self._secret, algorithms=["HS256"])
+            claims: dict[str, Any] = jwt.decode(request.query.get("token", ""), self._secret,
+                                                algorithms=["HS256"], options={"require": ["exp"]})
         except jwt.ExpiredSignatureError:
             raise invalid_jwt("jwt expired") from None
         except jwt.InvalidSignatureError:
             raise invalid_jwt("invalid signature") from None
         except jwt.PyJWTError:
             raise invalid_jwt("jwt malformed") from None
-        if claims.get("url") != f"{bucket.id}/{key}":
-            raise StorageError(400, "InvalidSignature", "Invalid signature")
+        if claims.get("url") != f"{bucket}/{key}":
+            raise StorageError(400, "InvalidSignature", "The url do not match the signature")
+        return claims
+
+    async def _signed_download(self, request: web.Request) -> web.StreamResponse:
+        bucket, key = await self._target(request)
+        if self._url_token(request, bucket.id, key).get("scope") == UPLOAD_SCOPE:
+            raise StorageError(400, "InvalidSignature", "The token is an upload token")
         async with self._db.admin() as conn:
             metadata = await conn.fetchval(
                 "select metadata from storage.objects where bucket_id = $1 and name = $2", bucket.id, key)

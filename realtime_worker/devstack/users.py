@@ -36,12 +36,17 @@ def purchase_reason(credits: int, pack: str = PACK) -> str:
     return f"Credit pack purchase: {pack} ({credits} credits)"
 
 
+def default_email(user_id: uuid.UUID) -> str:
+    """The e-mail a user signed up without one given gets (also in their access token)."""
+    return f"{user_id.hex[:12]}@example.test"
+
+
 async def sign_up(conn: Connection, user_id: uuid.UUID | None = None, email: str | None = None) -> uuid.UUID:
     """Supabase Auth's row for a new user; the app's trigger does the rest. An existing id is
     left as it is (so a fixed development user can be signed up on every start)."""
     user_id = user_id or uuid.uuid4()
     await conn.execute("insert into auth.users (id, email) values ($1, $2) on conflict (id) do nothing",
-                       user_id, email or f"{user_id.hex[:12]}@example.test")
+                       user_id, email or default_email(user_id))
     return user_id
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -81,8 +84,21 @@ def check_no_keys(out: str, data_dir: Path) -> None:
     assert "AIza" not in out and "apikey" not in out.lower()
 
 
-async def test_demo_from_nothing_twice(tmp_path: Path) -> None:
-    data_dir = tmp_path / "ds"
+@pytest.fixture
+def data_home() -> Iterator[Path]:
+    """The demo's data folder, outside pytest's temp folder: when tests run as root the embedded
+    Postgres runs as another user, and any pytest session starting meanwhile (another run on the
+    same machine) resets that folder to owner-only access, so stopping the server would fail."""
+    folder = Path(tempfile.mkdtemp(prefix="rw-demo-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_demo_from_nothing_twice(tmp_path: Path, data_home: Path) -> None:
+    data_dir = data_home / "ds"
     for run, output in enumerate([tmp_path / "out", tmp_path / "out2"], start=1):
         code, out, seconds = await run_demo(data_dir, output, tmp_path)
         print(f"demo run {run}: {seconds:.1f}s\n{out}")

@@ -301,7 +301,7 @@ async def test_table_published_after_start_gets_a_trigger_on_join(stack: Stack) 
 
 async def test_authenticated_subscriber_only_gets_rows_it_may_read(stack: Stack) -> None:
     mine, theirs = await make_user(stack.conn), await make_user(stack.conn)
-    token = stack.keys.make("authenticated", sub=str(mine))
+    token = stack.keys.user_token(mine, issuer=f"{stack.url}/auth/v1")
     async with realtime_client(stack, token) as client:
         sub = await listen(client, "my-jobs", ("INSERT", "jobs", None))
         await insert_job(stack.conn, theirs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from realtime_worker.devstack.server import Devstack, running
 from realtime_worker.devstack.stack import local_database
 from realtime_worker.errors import ConfigError
 from tests.conftest import Database
-from tests.devstack_fixtures import file_options, rows, supabase_client
+from tests.devstack_fixtures import file_options, rows, signed_in, supabase_client
 from tests.helpers import balance, insert_job, job, make_user, refunds
 
 pytestmark = pytest.mark.integration
@@ -65,7 +64,8 @@ async def test_anon_cannot_run_worker_functions(supabase_anon: AsyncClient, devs
     with pytest.raises(APIError) as caught:
         await supabase_anon.rpc("worker_claim_jobs", CLAIM_ARGS).execute()
     assert caught.value.code == "42501" and "permission denied" in str(caught.value.message)
-    headers = {"apikey": devstack.keys.make("authenticated", sub="00000000-0000-4000-8000-000000000001")}
+    user = uuid.UUID("00000000-0000-4000-8000-000000000001")
+    headers = {"apikey": devstack.anon_key, "Authorization": f"Bearer {devstack.user_token(user)}"}
     async with httpx.AsyncClient(base_url=devstack.url) as http:
         anon = await http.post("/rest/v1/rpc/worker_claim_jobs", json=CLAIM_ARGS,
                                headers={"apikey": devstack.anon_key})
@@ -76,7 +76,7 @@ async def test_anon_cannot_run_worker_functions(supabase_anon: AsyncClient, devs
 async def test_rls_a_user_reads_only_their_jobs(devstack: Devstack, conn: asyncpg.Connection) -> None:
     alice, bob = await make_user(conn), await make_user(conn)
     alice_job, bob_job = await insert_job(conn, alice), await insert_job(conn, bob)
-    async with supabase_client(devstack.url, devstack.keys.make("authenticated", sub=str(alice))) as client:
+    async with signed_in(devstack, alice) as client:
         mine = await client.table("jobs").select("id").execute()
         assert [r["id"] for r in rows(mine.data)] == [str(alice_job)]
         theirs = await client.table("jobs").select("id").eq("id", str(bob_job)).execute()
@@ -107,10 +107,6 @@ WORKER_DEFAULTS: dict[str, Any] = {
 RESULT = {"model": "gemini-test", "cost_cents": 4, "assets": [
     {"kind": "pdf", "storage_path": "u/j/coloring_page.pdf", "bytes": 20, "width": None,
      "height": None, "hash": "def"}]}
-
-
-def signed_in(devstack: Devstack, user: uuid.UUID) -> AbstractAsyncContextManager[AsyncClient]:
-    return supabase_client(devstack.url, devstack.keys.make("authenticated", sub=str(user)))
 
 
 async def insert_as(stack: Devstack, user: uuid.UUID, values: dict[str, Any]) -> uuid.UUID:
@@ -254,7 +250,7 @@ async def test_rls_a_user_cannot_download_another_users_objects(
     alice, bob = await make_user(conn), await make_user(conn)
     png = file_options("image/png")
     await supabase_service.storage.from_("originals").upload(f"{bob}/photo.png", b"bob's", png)
-    async with supabase_client(devstack.url, devstack.keys.make("authenticated", sub=str(alice))) as client:
+    async with signed_in(devstack, alice) as client:
         bucket = client.storage.from_("originals")
         await bucket.upload(f"{alice}/photo.png", b"alice's", png)
         assert await bucket.download(f"{alice}/photo.png") == b"alice's"
