@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from supabase import AsyncClient
 
 from realtime_worker import sql
 from realtime_worker.devstack import users
 from realtime_worker.devstack.server import Devstack, running
-from tests.devstack_fixtures import supabase_client
+from tests.devstack_fixtures import signed_in
 from tests.integration.test_migration import install_app
 
 SIGNUP_CREDITS = users.SIGNUP_CREDITS
@@ -26,9 +25,7 @@ async def sign_up(conn: asyncpg.Connection, balance: int = SIGNUP_CREDITS) -> uu
     return await users.create(conn, balance)
 
 
-def as_user(devstack: Devstack, user: uuid.UUID) -> AbstractAsyncContextManager[AsyncClient]:
-    """The official client with the user's own JWT, as a signed-in browser holds it."""
-    return supabase_client(devstack.url, devstack.keys.make("authenticated", sub=str(user)))
+as_user = signed_in  # the official client as the app holds it: anon apikey + the user's token
 
 
 async def install_before_0004(dsn: str) -> None:

@@ -65,7 +65,7 @@ async def test_no_credit_is_402_and_changes_nothing(devstack: Devstack, conn: as
     user = await sign_up(conn)
     for _ in range(SIGNUP_CREDITS):
         await create(devstack, user, TEXT)
-    headers = {"apikey": devstack.keys.make("authenticated", sub=str(user))}
+    headers = {"apikey": devstack.anon_key, "Authorization": f"Bearer {devstack.user_token(user)}"}
     async with httpx.AsyncClient(base_url=devstack.url, headers=headers) as http:
         answer = await http.post("/rest/v1/rpc/create_job", json={"p_params": TEXT})
     assert answer.status_code == 402
