@@ -69,6 +69,9 @@ class Keys:
         return cls(path.read_text().strip())
 
     def make(self, role: str, *, sub: str | None = None, ttl: int = _TEN_YEARS) -> str:
+        """An API key (``anon``, ``service_role``) as Supabase's legacy keys are made. A signed-in
+        user's token comes from :meth:`user_token`: one made here for ``authenticated`` has no
+        ``aud`` and is refused, as a real project would never issue it."""
         now = int(time.time())
         claims: dict[str, Any] = {"iss": "supabase-devstack", "role": role, "iat": now, "exp": now + ttl}
         if sub is not None:
