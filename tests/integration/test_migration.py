@@ -34,7 +34,7 @@ API_ROLES = ("anon", "authenticated")
 GUARD_TRIGGER = "jobs_guard_worker_columns"
 NEW_JOB_COLUMNS = {
     "attempts", "max_attempts", "run_after", "locked_by", "locked_until", "heartbeat_at",
-    "error_code", "credits_charged", "refunded_at",
+    "error_code", "credits_charged", "refunded_at", "charged_via",
 }
 
 # Each query returns rows of (key, value): one catalog object per row, keyed so that the
@@ -273,6 +273,7 @@ async def test_migration_onto_existing_rows_changes_nothing_existing(empty_db: D
             assert job["run_after"] is not None
             assert job["locked_by"] is job["locked_until"] is job["heartbeat_at"] is None
             assert job["error_code"] is job["refunded_at"] is None
+            assert job["charged_via"] == "direct"  # the app inserted them: refunds by the rule of 0004
         assert await conn.fetchval("select count(*) from credit_events where job_id is null") == 2
     finally:
         await conn.close()
