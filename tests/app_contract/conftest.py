@@ -33,17 +33,7 @@ from tests.helpers import make_user
 from tests.waiting import wait_for
 from tests.workers import ready, spawn_worker, subprocess_env
 
-MONEY = ("the branch `money` is not merged yet: no public.create_job(p_params jsonb) and no"
-         " `realtime-worker migrate --harden`; the coordinator removes this marker when it merges it")
-
-
-class MoneyNotMerged(Exception):
-    """The create_job mode needs what the branch ``money`` adds."""
-
-
-MODES = [pytest.param("as_today", id="as_today"),
-         pytest.param("create_job", id="create_job",
-                      marks=pytest.mark.xfail(strict=True, raises=MoneyNotMerged, reason=MONEY))]
+MODES = [pytest.param("as_today", id="as_today"), pytest.param("create_job", id="create_job")]
 
 WORKER_ENV = {"WORKER_ID": "app-contract", "SWEEP_INTERVAL_SECONDS": "1", "MAX_CONCURRENT_JOBS": "4",
               "IMAGE_THREADS": "1", "GEMINI_TIMEOUT_SECONDS": "20", "LOG_LEVEL": "INFO"}
@@ -79,13 +69,10 @@ async def harden(dsn: str) -> None:
     env = {**os.environ, "DATABASE_URL": dsn}
     done = await anyio.run_process([sys.executable, "-m", "realtime_worker", "migrate", "--harden"],
                                    env=env, check=False)
-    if done.returncode == 2 and b"--harden" in done.stderr:
-        raise MoneyNotMerged(done.stderr.decode().strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr.decode()
     conn = await asyncpg.connect(dsn)
     try:
-        if await conn.fetchval("select to_regprocedure('public.create_job(jsonb)')") is None:
-            raise MoneyNotMerged("public.create_job(jsonb) does not exist")
+        assert await conn.fetchval("select to_regprocedure('public.create_job(jsonb)')") is not None
     finally:
         await conn.close()
 

@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 
 from realtime_worker import sql
-from realtime_worker.devstack import users
-from realtime_worker.devstack.server import Devstack, running
+from realtime_worker_devstack import users
+from realtime_worker_devstack.server import Devstack, running
 from tests.devstack_fixtures import signed_in
 from tests.integration.test_migration import install_app
 

@@ -13,7 +13,7 @@ import pytest
 from supabase import AsyncClient
 
 from realtime_worker import migrate
-from realtime_worker.devstack.server import Devstack
+from realtime_worker_devstack.server import Devstack
 from tests.devstack_fixtures import rows
 from tests.integration.test_pipeline_devstack import PHOTO, run_worker_once
 from tests.security.support import SIGNUP_CREDITS, as_user, balance_of, ledger_total, sign_up

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from postgrest.exceptions import APIError
 
-from realtime_worker.devstack.server import Devstack
+from realtime_worker_devstack.server import Devstack
 from tests.conftest import Database
 from tests.devstack_fixtures import rows
 from tests.integration.test_pipeline_devstack import run_worker_once

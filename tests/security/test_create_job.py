@@ -13,7 +13,7 @@ import httpx
 import pytest
 from postgrest.exceptions import APIError
 
-from realtime_worker.devstack.server import Devstack
+from realtime_worker_devstack.server import Devstack
 from tests.security.support import (
     SIGNUP_CREDITS,
     as_user,

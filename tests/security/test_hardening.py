@@ -12,7 +12,7 @@ import pytest
 from postgrest.exceptions import APIError
 
 from realtime_worker import cli, migrate, sql
-from realtime_worker.devstack.server import Devstack
+from realtime_worker_devstack.server import Devstack
 from tests.conftest import Database
 from tests.devstack_fixtures import rows
 from tests.integration.test_migration import snapshot

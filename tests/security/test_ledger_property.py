@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from realtime_worker.devstack import users
+from realtime_worker_devstack import users
 from tests.conftest import Database
 from tests.security.support import SIGNUP_CREDITS, balance_of, ledger_total
 

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from realtime_worker import migrate
-from realtime_worker.devstack.server import Devstack
+from realtime_worker_devstack.server import Devstack
 from tests.conftest import Database
 from tests.devstack_fixtures import rows
 from tests.integration.test_pipeline_devstack import run_worker_once
