@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import random
 import shutil
 import sys
@@ -46,6 +47,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -60,6 +62,7 @@ from bench.chaos_checks import Facts, Verdict, claims_by_source, judge, read_sna
 from bench.chaos_stack import (
     DevstackProcess,
     EmbeddedPostgres,
+    Kill,
     WorkerFleet,
     restart_postgres,
     start_devstack,
@@ -268,6 +271,7 @@ def _facts(run: Run, users: list[load.User], submitter: load.Submitter,
         submitted_tokens=set(submitter.submitted), kills=list(run.fleet.kills),
         crashes=d.crashes, timed_out=d.timed_out, exit_codes=d.exit_codes,
         started={log.stem for log in logs if _has_started(log)}, restart=d.restart,
+        fleet_down=fleet_down(logs, run.fleet.kills, time.time()),
         lease_seconds=c.lease_seconds, sweep_seconds=c.sweep_seconds, margin_seconds=c.margin_seconds,
         storage_root=run.devstack.data_dir / "storage", photo_sha256s=frozenset(
             hashlib.sha256(imaging.prepare_input_photo(p)).hexdigest() for p in photos),
@@ -278,6 +282,30 @@ def _facts(run: Run, users: list[load.User], submitter: load.Submitter,
 def _has_started(log: Path) -> bool:
     """The worker got as far as its main loop (its signal handlers are installed by then)."""
     return '"worker_starting"' in log.read_text(errors="replace")
+
+
+def _started_at(log: Path) -> float | None:
+    """When the worker reached its main loop (epoch), from its ``worker_starting`` JSON line."""
+    for line in log.read_text(errors="replace").splitlines():
+        if '"worker_starting"' in line:
+            return datetime.fromisoformat(json.loads(line)["time"]).timestamp()
+    return None
+
+
+def fleet_down(logs: list[Path], kills: list[Kill], now: float) -> list[tuple[float, float]]:
+    """The windows in which no worker was up (started, not yet killed): nobody could sweep then.
+
+    With kills every few seconds and a start-up that takes as long on a loaded machine, every
+    worker can be down at once; a lease can only be reaped once one of them is back."""
+    killed = {kill.worker_id: kill.at for kill in kills}
+    up = sorted((start, killed.get(log.stem, now)) for log in logs
+                if (start := _started_at(log)) is not None)
+    down, covered = [], up[0][1] if up else now
+    for start, end in up[1:]:
+        if start > covered:
+            down.append((covered, start))
+        covered = max(covered, end)
+    return down
 
 
 # --- the chaos ----------------------------------------------------------------------------------

@@ -130,6 +130,7 @@ class Facts:
     gemini: list[dict[str, Any]]
     claims_by_source: dict[str, Counter[str]]  # "before"/"after" the restart → source → claims
     stalls: list[tuple[float, float]]  # (from, to) epoch: the stack answered nothing for > STALL
+    fleet_down: list[tuple[float, float]]  # (from, to) epoch: no worker up (all killed or starting)
     realtime_events: list[float]  # epoch of each INSERT event the harness's own subscriber got
     gemini_history: int  # how many requests the fake keeps
 
@@ -137,6 +138,17 @@ class Facts:
         """Stalls of the stack and the Postgres restart: time in which nothing can recover."""
         restart = [(self.restart[0], self.restart[0] + self.restart[1])] if self.restart else []
         return [*self.stalls, *restart]
+
+    def unswept(self) -> list[tuple[float, float]]:
+        """The outages and the windows with no worker up, merged: time in which no lease can be
+        reaped."""
+        merged: list[tuple[float, float]] = []
+        for start, end in sorted([*self.outages(), *self.fleet_down]):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        return merged
 
 
 @dataclass
@@ -273,7 +285,7 @@ class Recovery:
     kill: Kill
     released: float | None
     reclaimed: float | None
-    frozen: float  # of ``released``, seconds in which the stack was stalled or Postgres restarting
+    frozen: float  # of ``released``, seconds stalled, Postgres restarting or no worker up
 
 
 def recoveries(snap: Snapshot, facts: Facts) -> list[Recovery]:
@@ -299,7 +311,7 @@ def _recovery(job_id: uuid.UUID, kill: Kill, claim: Transition, after: list[Tran
                       or (t.new_status == "running" and t.locked_by != kill.worker_id)), None)
     return Recovery(job_id, kill, None if released is None else released - start,
                     None if reclaimed is None else reclaimed - start,
-                    0.0 if released is None else overlap(start, released, facts.outages()))
+                    0.0 if released is None else overlap(start, released, facts.unswept()))
 
 
 def overlap(start: float, end: float, intervals: list[tuple[float, float]]) -> float:
@@ -321,8 +333,9 @@ def check_recovery(verdict: Verdict, snap: Snapshot, facts: Facts) -> None:
     base = facts.lease_seconds + facts.sweep_seconds + facts.margin_seconds
     verdict.zero("killed workers' jobs never recovered", [r.job_id for r in found if r.reclaimed is None])
     late = [r for r in found if r.released is not None and r.released - r.frozen > base]
-    verdict.zero("kill → job back in the queue or ended > lease + sweep + margin (outside stalls)",
-                 [f"{r.job_id} {r.released:.2f}s - {r.frozen:.2f}s stalled" for r in late
+    verdict.zero("kill → job back in the queue or ended > lease + sweep + margin "
+                 "(outside stalls and windows with no worker up)",
+                 [f"{r.job_id} {r.released:.2f}s - {r.frozen:.2f}s stalled or unswept" for r in late
                   if r.released is not None])
     for r in late:
         verdict.figure(f"late recovery of {r.job_id}", timeline(snap.transitions[r.job_id], r.kill))
@@ -345,6 +358,9 @@ def check_recovery(verdict: Verdict, snap: Snapshot, facts: Facts) -> None:
     total = sum(b - a for a, b in facts.stalls)
     verdict.figure("stalls of the stack (probe unanswered > 0.5 s)",
                    f"{len(facts.stalls)}, {total:.1f} s in all, longest {longest:.1f} s")
+    down = [b - a for a, b in facts.fleet_down]
+    verdict.figure("windows with no worker up (all killed or still starting)",
+                   f"{len(down)}, {sum(down):.1f} s in all, longest {max(down, default=0.0):.1f} s")
 
 
 # --- Gemini calls -------------------------------------------------------------------------------
