@@ -1,4 +1,4 @@
-"""``/ready`` tells the truth about the database: a real outage of a Postgres of the test's own.
+"""``/ready`` tells the truth about the database and the Realtime subscription, through real outages.
 
 The server is an embedded Postgres that only this test uses (stopped with ``pg_ctl stop`` and
 started again in place), under the devstack as its own process and a worker process in realtime
@@ -77,3 +77,33 @@ async def test_ready_follows_a_database_outage_within_5_s(
 
 async def is_status(http: httpx.AsyncClient, status: int) -> bool:
     return await ready_status(http) == status
+
+
+async def test_ready_follows_a_realtime_outage_within_5_s(stack: DevstackProcess, tmp_path: Path) -> None:
+    """In realtime mode the subscription is part of readiness: the devstack's Realtime endpoint
+    refuses connections (503) and every open socket is cut; then it accepts again."""
+    port = free_port()
+    env = worker_env(stack, {"PORT": str(port), "WORKER_ID": "ready-rt", "WORKER_MODE": "realtime",
+                             "SHUTDOWN_GRACE_SECONDS": "1"})
+    worker = await spawn_worker(env, log=tmp_path / "worker.log")
+    try:
+        async with (httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=4.0) as http,
+                    stack.http() as admin):
+            await wait_for(lambda: is_status(http, 200), within=90, step=0.1, what="ready")
+            await refuse_realtime(admin, True)
+            (await admin.post("/admin/realtime/cut")).raise_for_status()
+            gone = time.monotonic()
+            await wait_for(lambda: is_status(http, 503), within=5, step=0.1, what="503 in the outage")
+            to_503 = time.monotonic() - gone
+            await refuse_realtime(admin, False)
+            back = time.monotonic()
+            await wait_for(lambda: is_status(http, 200), within=5, step=0.1, what="200 after it")
+            to_200 = time.monotonic() - back
+        print(f"/ready: 503 {to_503:.2f} s after Realtime went away, 200 {to_200:.2f} s after it "
+              "came back")
+    finally:
+        assert await stop_process(worker) == 0
+
+
+async def refuse_realtime(admin: httpx.AsyncClient, refuse: bool) -> None:
+    (await admin.post("/admin/faults", json={"realtime_refuse_connections": refuse})).raise_for_status()
