@@ -41,16 +41,14 @@ from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
 from realtime_worker.errors import ConfigurationJobError, JobError, QueueError, RetryableJobError
-from realtime_worker.jobs import Backoff, Job, JobResult, lease_owner, retry_delay
+from realtime_worker.jobs import Job, JobResult, lease_owner
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import ConfigBreaker, PauseSettings, PauseStatus
 from realtime_worker.queue import JobQueue
+from realtime_worker.retry import RECORD_RETRY_DELAYS, Backoff, retry_delay
 from realtime_worker.timer import WakeTimer
 
 Outcome = JobResult | JobError
-
-# Pauses between attempts to record an outcome while the database is unreachable.
-RECORD_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 2.0)
 
 
 class Processor(Protocol):

@@ -29,6 +29,7 @@ from loguru import logger
 
 from realtime_worker.health import HealthState
 from realtime_worker.metrics import Metrics
+from realtime_worker.retry import Backoff, reconnect_delay
 
 if TYPE_CHECKING:
     from supabase.types import RealtimeClientOptions
@@ -50,9 +51,9 @@ class ListenerSettings:
     client_timeout_seconds: int = 10  # realtime-py's push (join, leave) and connect timeout
 
 
-def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, initial * 2**failures))."""
-    return rng.uniform(0, min(cap, initial * 2.0 ** min(failures, 16)))
+def reconnect_backoff(initial: float, cap: float) -> Backoff:
+    """Full jitter: after ``n`` failed sessions, a delay over [0, min(cap, initial * 2**n)]."""
+    return Backoff(base_seconds=initial / 2, cap_seconds=cap / 2, jitter=1.0)
 
 
 def job_id_of(payload: Any) -> UUID | None:
@@ -74,6 +75,8 @@ class Listener:
                  health: HealthState, rng: random.Random | None = None) -> None:
         self._s, self._wake, self._metrics, self._health = settings, wake, metrics, health
         self._rng = rng or random.Random()
+        self._backoff = reconnect_backoff(settings.backoff_initial_seconds,
+                                          settings.backoff_max_seconds)
         self._changed = anyio.Event()
         self._db_subscribed = False
         self._closed = False
@@ -128,8 +131,7 @@ class Listener:
         while True:
             worked = await self._session()
             failures = 0 if worked else failures + 1
-            delay = backoff_delay(failures, self._s.backoff_initial_seconds,
-                                  self._s.backoff_max_seconds, self._rng)
+            delay = reconnect_delay(failures, self._backoff, self._rng)
             self._metrics.resubscribes.inc()
             logger.bind(event="realtime_rebuild", failures=failures, delay_s=round(delay, 2)).warning(
                 "rebuilding the Realtime client")

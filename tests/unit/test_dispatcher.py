@@ -15,9 +15,10 @@ from loguru import logger
 
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.errors import ConfigurationJobError, QueueError
-from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus, lease_owner, worker_of
+from realtime_worker.jobs import Job, JobResult, JobStatus, lease_owner, worker_of
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import PauseSettings
+from realtime_worker.retry import Backoff
 from realtime_worker.testing import InMemoryQueue, ScriptedProcessor
 from tests.helpers import sample
 from tests.waiting import wait_for

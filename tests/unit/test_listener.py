@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from realtime_worker.health import HealthState
-from realtime_worker.listener import Listener, ListenerSettings, backoff_delay, job_id_of
+from realtime_worker.listener import Listener, ListenerSettings, job_id_of, reconnect_backoff
 from realtime_worker.metrics import Metrics
+from realtime_worker.retry import reconnect_delay
 
 pytestmark = pytest.mark.unit
 
@@ -59,7 +60,7 @@ def test_non_queued_inserts_do_not_name_a_job() -> None:
 
 def test_backoff_is_bounded_and_jittered() -> None:
     rng = random.Random(1)
-    delays = [backoff_delay(n, 0.5, 30.0, rng) for n in range(40)]
+    delays = [reconnect_delay(n, reconnect_backoff(0.5, 30.0), rng) for n in range(40)]
     assert all(0 <= d <= 30.0 for d in delays)
     assert len(set(delays)) == len(delays)
-    assert max(backoff_delay(1, 0.5, 30.0, rng) for _ in range(100)) <= 1.0
+    assert max(reconnect_delay(1, reconnect_backoff(0.5, 30.0), rng) for _ in range(100)) <= 1.0
