@@ -27,7 +27,6 @@ import anyio
 import anyio.lowlevel
 
 from realtime_worker.assets import AssetLookupError, AssetRow
-from realtime_worker.dispatcher import Processor
 from realtime_worker.errors import (
     ConfigurationJobError,
     PermanentJobError,
@@ -36,6 +35,7 @@ from realtime_worker.errors import (
 )
 from realtime_worker.jobs import AssetKind, Job, JobResult, JobStatus
 from realtime_worker.paths import ObjectPath
+from realtime_worker.run import Processor
 from realtime_worker.storage import ObjectNotFound, StorageUnavailable
 
 if TYPE_CHECKING:

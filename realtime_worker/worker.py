@@ -26,12 +26,13 @@ from loguru import logger
 
 from realtime_worker import early_signals, health, sweeper
 from realtime_worker.config import WorkerSettings
-from realtime_worker.dispatcher import Dispatcher, DispatcherSettings, Processor
+from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.errors import ConfigError
 from realtime_worker.listener import Listener, ListenerSettings
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import PauseSettings
 from realtime_worker.queue import SupabaseQueue
+from realtime_worker.run import Processor
 
 if TYPE_CHECKING:
     from supabase import AsyncClient
