@@ -27,7 +27,7 @@ from uuid import UUID
 import anyio
 from loguru import logger
 
-from realtime_worker.health import HealthState
+from realtime_worker.health_state import RealtimeLink
 from realtime_worker.metrics import Metrics
 from realtime_worker.retry import Backoff, reconnect_delay
 
@@ -72,8 +72,8 @@ def _field(payload: Any, name: str) -> Any:
 
 class Listener:
     def __init__(self, settings: ListenerSettings, wake: Wake, metrics: Metrics,
-                 health: HealthState, rng: random.Random | None = None) -> None:
-        self._s, self._wake, self._metrics, self._health = settings, wake, metrics, health
+                 link: RealtimeLink, rng: random.Random | None = None) -> None:
+        self._s, self._wake, self._metrics, self._link = settings, wake, metrics, link
         self._rng = rng or random.Random()
         self._backoff = reconnect_backoff(settings.backoff_initial_seconds,
                                           settings.backoff_max_seconds)
@@ -174,7 +174,7 @@ class Listener:
         worked, broken_since = False, None
         while True:
             healthy = bool(_listening(client) and channel.is_joined and self._db_subscribed)
-            if healthy and not self._health.realtime_subscribed:
+            if healthy and not self._link.subscribed:
                 worked = True
                 self.subscriptions += 1
                 self._set_subscribed(True)
@@ -192,10 +192,10 @@ class Listener:
                 await self._changed.wait()
 
     def _set_subscribed(self, value: bool) -> None:
-        if self._health.realtime_subscribed != value:
+        if self._link.subscribed != value:
             logger.bind(event="realtime_subscribed" if value else "realtime_disconnected").info(
                 "subscribed to jobs inserts" if value else "not subscribed")
-        self._health.realtime_subscribed = value
+        self._link.subscribed = value
         self._metrics.realtime_connected.set(1 if value else 0)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from realtime_worker.health import HealthState
+from realtime_worker.health_state import RealtimeLink
 from realtime_worker.listener import Listener, ListenerSettings, job_id_of, reconnect_backoff
 from realtime_worker.metrics import Metrics
 from realtime_worker.retry import reconnect_delay
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 def listener(wakes: list[tuple[uuid.UUID | None, str]]) -> Listener:
     return Listener(ListenerSettings(url="http://127.0.0.1:1", key="k"),
                     lambda job_id, source: wakes.append((job_id, source)), Metrics(),
-                    HealthState(mode="realtime"))
+                    RealtimeLink())
 
 
 def insert(record: Any) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def test_a_failing_wake_does_not_escape_the_callback() -> None:
         raise RuntimeError("dispatcher gone")
 
     subject = Listener(ListenerSettings(url="http://127.0.0.1:1", key="k"), boom, Metrics(),
-                       HealthState(mode="realtime"))
+                       RealtimeLink())
     subject.on_insert(insert({"id": str(uuid.uuid4()), "status": "queued"}))
     subject.on_system(0, object())
     subject.on_state(0, object(), RuntimeError("x"))
