@@ -15,7 +15,6 @@ reports ``CLOSED`` through that session's callback, long after the next session 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
 import time
@@ -28,6 +27,7 @@ import anyio
 from loguru import logger
 
 from realtime_worker.health_state import RealtimeLink
+from realtime_worker.jobs_channel import jobs_inserts
 from realtime_worker.metrics import Metrics
 from realtime_worker.retry import Backoff, reconnect_delay
 
@@ -139,28 +139,21 @@ class Listener:
 
     async def _session(self) -> bool:
         """One client + channel, watched until broken for good; True if it ever subscribed."""
-        from realtime.types import RealtimePostgresChangesListenEvent
-        from supabase import AsyncClientOptions, acreate_client
-
         self._generation += 1
         self._db_subscribed, self._closed = False, False
-        options = AsyncClientOptions(realtime=self._client_options())
-        client = await acreate_client(self._s.url, self._s.key, options=options)
+        on_system = functools.partial(self.on_system, self._generation)
         try:
-            channel = client.channel(self._s.channel)
-            insert = RealtimePostgresChangesListenEvent.Insert
-            channel.on_postgres_changes(insert, schema="public", table="jobs", callback=self.on_insert)
-            channel.on_system(functools.partial(self.on_system, self._generation))
-            with anyio.move_on_after(self._s.subscribe_timeout_seconds):
-                await channel.subscribe(functools.partial(self.on_state, self._generation))
-            return await self._watch(client, channel)
+            async with jobs_inserts(self._s.url, self._s.key, self._s.channel,
+                                    self._client_options(), self.on_insert, on_system) as (client, channel):
+                try:
+                    with anyio.move_on_after(self._s.subscribe_timeout_seconds):
+                        await channel.subscribe(functools.partial(self.on_state, self._generation))
+                    return await self._watch(client, channel)
+                finally:
+                    self._set_subscribed(False)
         except Exception as exc:
             logger.bind(event="realtime_error").warning(f"{type(exc).__name__}: {exc}")
             return False
-        finally:
-            self._set_subscribed(False)
-            with anyio.move_on_after(2, shield=True):
-                await _close_quietly(client)
 
     def _client_options(self) -> RealtimeClientOptions:
         # AsyncRealtimeClient takes ``timeout``; supabase passes it on but its TypedDict omits it.
@@ -216,9 +209,3 @@ def _dead(client: Any) -> bool:
     task = _listen_task(client)
     return task is not None and task.done()
 
-
-async def _close_quietly(client: Any) -> None:
-    with contextlib.suppress(Exception):
-        await client.realtime.remove_all_channels()
-    with contextlib.suppress(Exception):
-        await client.realtime.close()
