@@ -14,6 +14,11 @@ share the worker id, or an earlier run in this very process whose lease ran out.
 Each job runs in a :class:`~realtime_worker.run.JobRunner`, which keeps its lease, limits its
 time and writes its outcome; the runner returns the outcome to the dispatcher, which judges it.
 
+Time is the event loop's (``anyio.current_time``; on asyncio it is ``time.monotonic``) for the
+dispatcher, its runs and its timer alike: every read agrees with every sleep and timeout, so a
+test loop with virtual time (:class:`~realtime_worker.testing.VirtualTimeLoop`) drives them all
+without waiting.
+
 When Gemini refuses the worker's own configuration (:class:`ConfigurationJobError`: a bad or
 revoked key, lapsed billing, a region, a retired model), the job is not at fault and every other
 job would fail the same way. So the job is given back (the attempt not counted, nothing refunded)
@@ -25,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -103,12 +107,12 @@ class Dispatcher:
         self._tg: TaskGroup | None = None
         self._process_token = secrets.token_hex(4)
         self._claim_numbers = itertools.count(1)
-        self._breaker = ConfigBreaker(settings.config_pause)
+        self._breaker = ConfigBreaker(settings.config_pause, anyio.current_time)
         self._serving = False  # run(), not drain(): the end of a pause wakes the loop
         self._resume: anyio.CancelScope | None = None
         self._retry_timer = WakeTimer(lambda: self.wake(None, "retry_due"))
         self._runner = JobRunner(queue, processor, settings.run, metrics)
-        self.last_tick = time.monotonic()
+        self.last_tick = anyio.current_time()
 
     @property
     def in_flight(self) -> int:
@@ -137,7 +141,7 @@ class Dispatcher:
             task_status.started()
             async with self._receive:
                 async for wakeup in self._receive:
-                    self.last_tick = time.monotonic()
+                    self.last_tick = anyio.current_time()
                     await self._handle([wakeup, *self._pending()])
 
     async def drain(self) -> None:
@@ -152,7 +156,7 @@ class Dispatcher:
                 if not self._running and not claimed:
                     break
                 await changed.wait()
-                self.last_tick = time.monotonic()
+                self.last_tick = anyio.current_time()
 
     async def shutdown(self) -> None:
         """Stop claiming, give running jobs the grace period, then cancel and release them.
@@ -244,7 +248,7 @@ class Dispatcher:
         self._claims += 1
         owner = lease_owner(self._s.worker_id, f"{self._process_token}.{next(self._claim_numbers)}")
         try:
-            yield Claim(owner, time.monotonic())
+            yield Claim(owner, anyio.current_time())
         finally:
             self._claims -= 1
             if self._claims == 0:
@@ -280,7 +284,7 @@ class Dispatcher:
             if self._running.get(run.job.id) is run:
                 del self._running[run.job.id]
             self._metrics.in_flight.dec()
-            self._metrics.duration.observe(time.monotonic() - run.started)
+            self._metrics.duration.observe(anyio.current_time() - run.started)
             self._slots.give()
             self._changed.set()  # wakes every waiter of this round; the next round gets a new one
             self._changed = anyio.Event()

@@ -16,7 +16,6 @@ job half-recorded.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,8 +59,8 @@ class JobRun:
     job: Job
     source: str
     claim: Claim  # its owner in ``locked_by``, and when it was sent
-    owned_until: float  # monotonic: the lease may have run out from here on
-    started: float = field(default_factory=time.monotonic)
+    owned_until: float  # loop time: the lease may have run out from here on
+    started: float = field(default_factory=anyio.current_time)
     scope: anyio.CancelScope | None = None
     stop_reason: str | None = None
 
@@ -150,10 +149,10 @@ class JobRunner:
         """
         interval = max(self._s.lease_seconds / 3, 0.2)
         # A claim answered late has used part of its lease already: renew in time, or at once.
-        due = min(time.monotonic() + interval, run.owned_until - interval)
+        due = min(anyio.current_time() + interval, run.owned_until - interval)
         while True:
-            await anyio.sleep(max(min(due, run.owned_until) - time.monotonic(), 0))
-            sent = time.monotonic()
+            await anyio.sleep(max(min(due, run.owned_until) - anyio.current_time(), 0))
+            sent = anyio.current_time()
             if sent >= run.owned_until:
                 self._log(run).bind(event="lease_expired").warning(
                     "the lease ran out while renewals failed; the run stops")
@@ -204,7 +203,7 @@ class JobRunner:
         if await self._queue.complete(run.job.id, run.claim.owner, result):
             self._metrics.succeeded.inc()
             log.bind(event="job_succeeded", model=result.model, cost_cents=result.cost_cents,
-                     duration_ms=round((time.monotonic() - run.started) * 1000)).info("job succeeded")
+                     duration_ms=round((anyio.current_time() - run.started) * 1000)).info("job succeeded")
         else:
             log.bind(event="job_complete_refused").warning("completion refused: lease lost")
 
