@@ -105,13 +105,6 @@ class RetryPolicy:
         return math.ceil(min(wanted, MAX_RETRY_DELAY_SECONDS))
 
 
-def retry_delay(error: JobError, attempt: int, max_attempts: int,
-                backoff: Backoff, rng: random.Random | None = None) -> int | None:
-    """Seconds until the next attempt, or None when the job should fail for good."""
-    decision = RetryPolicy(backoff).decide(error, attempt, max_attempts, rng)
-    return None if isinstance(decision, Fail) else decision.after
-
-
 def reconnect_delay(failures: int, backoff: Backoff, rng: random.Random) -> float:
     """Seconds before rebuilding a connection after ``failures`` failed sessions in a row
     (0: the last one worked and broke later)."""

@@ -16,7 +16,6 @@ from realtime_worker.retry import (
     Retry,
     RetryPolicy,
     reconnect_delay,
-    retry_delay,
 )
 
 pytestmark = pytest.mark.unit
@@ -84,8 +83,7 @@ def test_a_deferring_code_defers_even_past_the_attempts() -> None:
 def test_rate_limits_are_retries_until_the_queue_can_defer() -> None:
     limited = RetryableJobError("x", code="rate_limited", retry_after=30)
     assert RetryPolicy(NO_JITTER).decide(limited, 1, 3) == Retry(30)
-    assert retry_delay(limited, 1, 3, NO_JITTER) == 30
-    assert retry_delay(limited, 3, 3, NO_JITTER) is None
+    assert RetryPolicy(NO_JITTER).decide(limited, 3, 3) == Fail()
 
 
 def test_reconnects_start_from_the_first_step_after_a_session_that_worked() -> None:
