@@ -70,7 +70,7 @@ from bench.chaos_stack import (
     worker_env,
 )
 from realtime_worker import imaging, logs
-from realtime_worker.health import HealthState
+from realtime_worker.health_state import RealtimeLink
 from realtime_worker.listener import Listener, ListenerSettings
 from realtime_worker.metrics import Metrics
 
@@ -400,7 +400,7 @@ async def _realtime_probe(run: Run) -> None:
     settings = ListenerSettings(url=run.devstack.url, key=run.devstack.service_key,
                                 rebuild_after_seconds=2.0, backoff_initial_seconds=0.1,
                                 backoff_max_seconds=1.0, client_initial_backoff_seconds=0.2)
-    await Listener(settings, wake, Metrics(), HealthState(mode="realtime")).run()
+    await Listener(settings, wake, Metrics(), RealtimeLink()).run()
 
 
 async def _wait_until_done(run: Run, submitter: load.Submitter, inserted: anyio.Event,

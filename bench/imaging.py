@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from realtime_worker import imaging
+from realtime_worker import imaging, pdf_page
 from realtime_worker.jobs import PaperSize
 
 PAGES = Path(__file__).resolve().parents[1] / "fixtures" / "pages"
@@ -30,7 +30,7 @@ def one_job(data: bytes, timings: dict[str, list[float]]) -> None:
     cleaned = time.perf_counter()
     imaging.make_thumbnail(page.png)
     thumbed = time.perf_counter()
-    imaging.make_pdf(page.png, paper=PaperSize.A4, title="Benchmark page")
+    pdf_page.make_pdf(page.png, paper=PaperSize.A4, title="Benchmark page")
     done = time.perf_counter()
     for step, seconds in zip(STEPS, (cleaned - start, thumbed - cleaned, done - thumbed,
                                      done - start), strict=True):

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING
 
-from realtime_worker.dispatcher import Processor
 from realtime_worker.jobs import Job, JobResult
+from realtime_worker.run import Processor
 from realtime_worker.testing import scripted
 
 if TYPE_CHECKING:

@@ -21,14 +21,14 @@ from typing import Any
 import anyio
 import httpx
 from postgrest.exceptions import APIError
-from realtime.types import RealtimePostgresChangesListenEvent
 from storage3.exceptions import StorageApiError
-from supabase import AsyncClient, AsyncClientOptions, acreate_client
+from supabase import AsyncClient
 
 from realtime_worker import config, logs, paths
 from realtime_worker.config import WorkerSettings
 from realtime_worker.console import say
 from realtime_worker.errors import ConfigError, ConfigurationJobError, JobError
+from realtime_worker.jobs_channel import jobs_inserts
 from realtime_worker.worker import supabase_client
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -206,32 +206,18 @@ async def check_realtime(settings: WorkerSettings) -> Outcome:
     """Join a channel on ``public.jobs`` inserts with the official client and wait for the database."""
     if settings.worker_mode == "poll":
         return passed("Realtime", "not used (WORKER_MODE=poll)")
-    options = AsyncClientOptions(realtime={"max_retries": 1, "initial_backoff": 0.2})
-    client = await acreate_client(settings.supabase_url,
-                                  settings.supabase_service_role_key.get_secret_value(), options)
     subscription = Subscription()
     try:
-        channel = client.channel(CHANNEL)
-        channel.on_postgres_changes(RealtimePostgresChangesListenEvent.Insert, schema="public",
-                                    table="jobs", callback=lambda _payload: None)
-        channel.on_system(subscription.on_system)
-        await channel.subscribe(subscription.on_state)
-        await subscription.done.wait()
+        async with jobs_inserts(settings.supabase_url,
+                                settings.supabase_service_role_key.get_secret_value(), CHANNEL,
+                                {"max_retries": 1, "initial_backoff": 0.2}, lambda _payload: None,
+                                subscription.on_system) as (_client, channel):
+            await channel.subscribe(subscription.on_state)
+            await subscription.done.wait()
     except Exception as exc:
         return realtime_error(exc)
-    finally:
-        with anyio.move_on_after(2, shield=True):
-            await close_realtime(client)
     assert subscription.outcome is not None
     return subscription.outcome
-
-
-async def close_realtime(client: AsyncClient) -> None:
-    try:
-        await client.realtime.remove_all_channels()
-        await client.realtime.close()
-    except Exception:  # closing a socket that never opened; nothing left to release
-        return
 
 
 # --- Gemini ----------------------------------------------------------------------------------

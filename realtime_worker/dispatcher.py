@@ -11,11 +11,13 @@ a job (heartbeat, complete, fail, release) names that owner. So the database ref
 from any run but the one its current claim started: a run of another instance that happens to
 share the worker id, or an earlier run in this very process whose lease ran out.
 
-Each running job keeps its lease with a heartbeat; a lost lease cancels the job and its result
-is not written. The lease counts from when the last renewal that succeeded was *sent*, so a run
-stops no later than the database could hand its job to someone else, even while renewals hang.
-Final states are written in shielded, time-limited scopes so cancellation can never leave a job
-half-recorded.
+Each job runs in a :class:`~realtime_worker.run.JobRunner`, which keeps its lease, limits its
+time and writes its outcome; the runner returns the outcome to the dispatcher, which judges it.
+
+Time is the event loop's (``anyio.current_time``; on asyncio it is ``time.monotonic``) for the
+dispatcher, its runs and its timer alike: every read agrees with every sleep and timeout, so a
+test loop with virtual time (:class:`~realtime_worker.testing.VirtualTimeLoop`) drives them all
+without waiting.
 
 When Gemini refuses the worker's own configuration (:class:`ConfigurationJobError`: a bad or
 revoked key, lapsed billing, a region, a retired model), the job is not at fault and every other
@@ -28,35 +30,24 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
 from uuid import UUID
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
-from realtime_worker.errors import ConfigurationJobError, JobError, QueueError, RetryableJobError
-from realtime_worker.jobs import Backoff, Job, JobResult, lease_owner, retry_delay
+from realtime_worker.errors import ConfigurationJobError, QueueError
+from realtime_worker.jobs import Job, JobResult, lease_owner
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import ConfigBreaker, PauseSettings, PauseStatus
 from realtime_worker.queue import JobQueue
+from realtime_worker.retry import Backoff
+from realtime_worker.run import Claim, JobRun, JobRunner, Outcome, Processor, RunSettings, run_log
 from realtime_worker.timer import WakeTimer
-
-Outcome = JobResult | JobError
-
-# Pauses between attempts to record an outcome while the database is unreachable.
-RECORD_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 2.0)
-
-
-class Processor(Protocol):
-    """Does one job; raises a JobError subclass to fail or retry it."""
-
-    async def __call__(self, job: Job) -> JobResult: ...
 
 
 @dataclass(frozen=True)
@@ -77,29 +68,11 @@ class DispatcherSettings:
     job_timeout_seconds: float = 300.0  # load, generate, render and upload together
     config_pause: PauseSettings = field(default_factory=PauseSettings)
 
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim request: the owner it writes into ``locked_by``, and when it was sent."""
-
-    owner: str
-    sent: float
-
-
-@dataclass(eq=False)
-class JobRun:
-    job: Job
-    source: str
-    claim: Claim  # its owner in ``locked_by``, and when it was sent
-    owned_until: float  # monotonic: the lease may have run out from here on
-    started: float = field(default_factory=time.monotonic)
-    scope: anyio.CancelScope | None = None
-    stop_reason: str | None = None
-
-    def stop(self, reason: str) -> None:
-        self.stop_reason = self.stop_reason or reason
-        if self.scope is not None:
-            self.scope.cancel()
+    @property
+    def run(self) -> RunSettings:
+        return RunSettings(worker_id=self.worker_id, lease_seconds=self.lease_seconds,
+                           backoff=self.backoff, write_timeout_seconds=self.write_timeout_seconds,
+                           job_timeout_seconds=self.job_timeout_seconds)
 
 
 class Slots:
@@ -134,11 +107,12 @@ class Dispatcher:
         self._tg: TaskGroup | None = None
         self._process_token = secrets.token_hex(4)
         self._claim_numbers = itertools.count(1)
-        self._breaker = ConfigBreaker(settings.config_pause)
+        self._breaker = ConfigBreaker(settings.config_pause, anyio.current_time)
         self._serving = False  # run(), not drain(): the end of a pause wakes the loop
         self._resume: anyio.CancelScope | None = None
         self._retry_timer = WakeTimer(lambda: self.wake(None, "retry_due"))
-        self.last_tick = time.monotonic()
+        self._runner = JobRunner(queue, processor, settings.run, metrics)
+        self.last_tick = anyio.current_time()
 
     @property
     def in_flight(self) -> int:
@@ -167,7 +141,7 @@ class Dispatcher:
             task_status.started()
             async with self._receive:
                 async for wakeup in self._receive:
-                    self.last_tick = time.monotonic()
+                    self.last_tick = anyio.current_time()
                     await self._handle([wakeup, *self._pending()])
 
     async def drain(self) -> None:
@@ -182,7 +156,7 @@ class Dispatcher:
                 if not self._running and not claimed:
                     break
                 await changed.wait()
-                self.last_tick = time.monotonic()
+                self.last_tick = anyio.current_time()
 
     async def shutdown(self) -> None:
         """Stop claiming, give running jobs the grace period, then cancel and release them.
@@ -274,7 +248,7 @@ class Dispatcher:
         self._claims += 1
         owner = lease_owner(self._s.worker_id, f"{self._process_token}.{next(self._claim_numbers)}")
         try:
-            yield Claim(owner, time.monotonic())
+            yield Claim(owner, anyio.current_time())
         finally:
             self._claims -= 1
             if self._claims == 0:
@@ -310,7 +284,7 @@ class Dispatcher:
             if self._running.get(run.job.id) is run:
                 del self._running[run.job.id]
             self._metrics.in_flight.dec()
-            self._metrics.duration.observe(time.monotonic() - run.started)
+            self._metrics.duration.observe(anyio.current_time() - run.started)
             self._slots.give()
             self._changed.set()  # wakes every waiter of this round; the next round gets a new one
             self._changed = anyio.Event()
@@ -318,139 +292,10 @@ class Dispatcher:
                 self.wake(None, "backlog")
 
     async def _execute(self, run: JobRun) -> None:
-        try:
-            outcome = await self._attempt(run)
-        except anyio.get_cancelled_exc_class():
-            with anyio.move_on_after(self._s.write_timeout_seconds, shield=True):
-                await self._release(run, "cancelled")
-            raise
+        outcome = await self._runner.attempt(run)
         if outcome is not None:  # even when the lease is lost: it still tells about Gemini
             self._judge(run, outcome)
-        with anyio.move_on_after(self._s.write_timeout_seconds, shield=True):
-            if run.stop_reason == "lease_lost":  # even with an outcome: the job is not ours now
-                self._metrics.released.labels("lease_lost").inc()
-                self._log(run).bind(event="job_lease_lost").warning(
-                    "lease lost; the result is discarded")
-            elif outcome is not None:
-                await self._record(run, outcome)
-            else:
-                await self._release(run, run.stop_reason or "cancelled")
-
-    async def _attempt(self, run: JobRun) -> Outcome | None:
-        if run.stop_reason is not None:  # stopped before it started: the processor never runs
-            return None
-        with anyio.CancelScope() as run.scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_lease, run)
-                outcome = await self._call(run)
-                tg.cancel_scope.cancel()
-            return outcome
-        return None
-
-    async def _call(self, run: JobRun) -> Outcome:
-        """The processor's outcome; one that runs past ``job_timeout_seconds`` is stopped and
-        becomes a retryable ``job_timeout`` (heartbeats alone would keep it running for ever)."""
-        with anyio.move_on_after(self._s.job_timeout_seconds) as deadline:
-            try:
-                return await self._processor(run.job)
-            except JobError as exc:
-                return exc
-            except Exception:
-                if deadline.cancel_called:  # a library that turned the cancellation into an error
-                    return self._timed_out(run)
-                self._log(run).bind(event="job_crashed").exception("processor raised unexpectedly")
-                return RetryableJobError(
-                    "Something went wrong on our side", code="internal")
-        return self._timed_out(run)
-
-    def _timed_out(self, run: JobRun) -> RetryableJobError:
-        self._metrics.timed_out.inc()
-        self._log(run).bind(event="job_timed_out", timeout_seconds=self._s.job_timeout_seconds).warning(
-            "the job ran past its time limit and was stopped")
-        return RetryableJobError("Making the page took too long", code="job_timeout")
-
-    async def _keep_lease(self, run: JobRun) -> None:
-        """Renew the lease every third of it until the run ends or may no longer own its job.
-
-        Renewals keep a steady beat: one that fails or hangs is given up when the next is due.
-        The run stops as ``lease_lost`` when the database refuses a renewal, or when the lease
-        of the last renewal that succeeded (counted from when it was sent) runs out.
-        """
-        lease = self._s.lease_seconds
-        interval = max(lease / 3, 0.2)
-        # A claim answered late has used part of its lease already: renew in time, or at once.
-        due = min(time.monotonic() + interval, run.owned_until - interval)
-        while True:
-            await anyio.sleep(max(min(due, run.owned_until) - time.monotonic(), 0))
-            sent = time.monotonic()
-            if sent >= run.owned_until:
-                self._log(run).bind(event="lease_expired").warning(
-                    "the lease ran out while renewals failed; the run stops")
-                run.stop("lease_lost")
-                return
-            due = sent + interval
-            owned = None
-            with anyio.move_on_after(min(due, run.owned_until) - sent):
-                try:
-                    owned = await self._queue.heartbeat(run.job.id, run.claim.owner, lease)
-                except QueueError as exc:
-                    self._log(run).bind(event="heartbeat_failed").warning(str(exc))
-            if owned is False:
-                run.stop("lease_lost")
-                return
-            if owned:
-                run.owned_until = sent + lease
-
-    async def _record(self, run: JobRun, outcome: Outcome) -> None:
-        """Write the outcome, retrying through a short database outage.
-
-        Both calls are safe to repeat; the caller's time limit bounds the retries. If it runs
-        out, the lease expires and the job is retried (its result is lost, never doubled).
-        """
-        for delay in RECORD_RETRY_DELAYS:
-            try:
-                if isinstance(outcome, JobResult):
-                    await self._complete(run, outcome)
-                elif isinstance(outcome, ConfigurationJobError):
-                    await self._give_back(run, outcome)
-                else:
-                    await self._fail(run, outcome)
-                return
-            except QueueError as exc:
-                self._log(run).bind(event="record_failed").warning(
-                    f"could not record the outcome, trying again in {delay} s: {exc}")
-                await anyio.sleep(delay)
-
-    async def _complete(self, run: JobRun, result: JobResult) -> None:
-        log = self._log(run)
-        if await self._queue.complete(run.job.id, run.claim.owner, result):
-            self._metrics.succeeded.inc()
-            log.bind(event="job_succeeded", model=result.model, cost_cents=result.cost_cents,
-                     duration_ms=round((time.monotonic() - run.started) * 1000)).info("job succeeded")
-        else:
-            log.bind(event="job_complete_refused").warning("completion refused: lease lost")
-
-    async def _fail(self, run: JobRun, error: JobError) -> None:
-        job, log = run.job, self._log(run)
-        delay = retry_delay(error, job.attempts, job.max_attempts, self._s.backoff)
-        status = await self._queue.fail(job.id, run.claim.owner, error.user_message, error.code, delay)
-        log = log.bind(error_code=error.code, retry_in_seconds=delay)
-        if status == "queued":
-            self._due_again(delay)
-            self._metrics.retried.labels(error.code).inc()
-            log.bind(event="job_retry_scheduled").warning(f"retry scheduled: {error.user_message}")
-        elif status == "failed":
-            self._metrics.failed.labels(error.code).inc()
-            log.bind(event="job_failed").warning(f"job failed: {error.user_message}")
-        else:
-            log.bind(event="job_fail_refused").warning("failure not recorded: lease lost")
-
-    async def _give_back(self, run: JobRun, error: ConfigurationJobError) -> None:
-        """Not the job's fault: back to the queue, the attempt not counted, nothing refunded.
-        A failed call raises, so :meth:`_record` tries again."""
-        if not await self._released(run, "config_error", error_code=error.code):
-            self._log(run).bind(event="job_release_refused", error_code=error.code).warning(
-                "give-back refused: lease lost")
+        self._due_again(await self._runner.settle(run, outcome))
 
     def _judge(self, run: JobRun, outcome: Outcome) -> None:
         """Tell the breaker: a configuration error pauses claiming, a job that went through
@@ -497,20 +342,5 @@ class Dispatcher:
         if self._serving and not self._stopping and self._tg is not None and delay is not None:
             self._retry_timer.arm(self._tg, delay)
 
-    async def _release(self, run: JobRun, reason: str) -> None:
-        try:
-            await self._released(run, reason)
-        except QueueError as exc:
-            self._log(run).bind(event="release_failed").error(str(exc))
-
-    async def _released(self, run: JobRun, reason: str, **context: str) -> bool:
-        """Give the job back (``worker_release_job``), counted and logged under ``reason``."""
-        if not await self._queue.release(run.job.id, run.claim.owner):
-            return False
-        self._metrics.released.labels(reason).inc()
-        self._log(run).bind(event="job_released", reason=reason, **context).info("job given back")
-        return True
-
     def _log(self, run: JobRun):  # type: ignore[no-untyped-def]
-        return logger.bind(job_id=str(run.job.id), attempt=run.job.attempts,
-                           worker=self._s.worker_id, owner=run.claim.owner)
+        return run_log(run, self._s.worker_id)

@@ -1,14 +1,14 @@
 """The health server (aiohttp on ``$PORT``): ``/health``, ``/ready`` and ``/metrics``.
 
+It only renders: what the worker knows about itself is a
+:class:`~realtime_worker.health_state.HealthState`.
+
 Bodies are small JSON documents (Prometheus text for ``/metrics``); no secrets, prompts or
 stack traces ever leave through it.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -16,57 +16,11 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 from loguru import logger
 
+from realtime_worker.health_state import HealthState
 from realtime_worker.metrics import Metrics
 
 if TYPE_CHECKING:
     from realtime_worker.pause import PauseStatus
-
-
-def _no_config_pause() -> PauseStatus | None:
-    return None
-
-
-@dataclass
-class HealthState:
-    """What the worker reports about itself; updated by the running parts."""
-
-    mode: str
-    tick: Callable[[], float] = time.monotonic
-    stale_after_seconds: float = 60.0
-    realtime_required: bool = False
-    realtime_subscribed: bool = False
-    paused: bool = False  # PAUSE_WORKER: set by the operator, claims nothing at all
-    # The dispatcher's pause after Gemini refused the worker's configuration (while it lasts).
-    config_pause: Callable[[], PauseStatus | None] = _no_config_pause
-    database_ok_at: float | None = None
-    database_check: Callable[[], Awaitable[None]] | None = None
-    # /ready trusts a database call that went through this recently, else it asks (a ping that
-    # gets this long). So it turns 503 within fresh + ping seconds of an outage, 200 again at the
-    # first ping that goes through, and an idle worker nobody asks makes no request for it.
-    database_fresh_seconds: float = 2.0
-    database_ping_seconds: float = 2.0
-    started_at: float = field(default_factory=time.monotonic)
-
-    def mark_database_ok(self) -> None:
-        """A database call just succeeded: ``/ready`` need not ask again for a while."""
-        self.database_ok_at = time.monotonic()
-
-    def alive(self) -> bool:
-        return time.monotonic() - self.tick() < self.stale_after_seconds
-
-    async def database_ok(self) -> bool:
-        fresh = self.database_ok_at is not None and (
-            time.monotonic() - self.database_ok_at < self.database_fresh_seconds)
-        if fresh or self.database_check is None:
-            return fresh
-        with anyio.move_on_after(self.database_ping_seconds):
-            try:
-                await self.database_check()
-            except Exception:
-                return False
-            self.mark_database_ok()
-            return True
-        return False
 
 
 def build_app(state: HealthState, metrics: Metrics) -> web.Application:
@@ -76,15 +30,10 @@ def build_app(state: HealthState, metrics: Metrics) -> web.Application:
                                  status=200 if ok else 503)
 
     async def ready(_: web.Request) -> web.Response:
-        checks = {"database": await state.database_ok()}
-        if state.realtime_required:
-            checks["realtime"] = state.realtime_subscribed
-        pause = state.config_pause()
-        checks["gemini_config"] = pause is None
-        ok = all(checks.values())
-        body = {"ready": ok, "mode": state.mode, "paused": state.paused,
-                "config_pause": _pause_json(pause), "checks": checks}
-        return web.json_response(body, status=200 if ok else 503)
+        readiness = await state.readiness()
+        body = {"ready": readiness.ok, "mode": state.mode, "paused": state.paused,
+                "config_pause": _pause_json(readiness.config_pause), "checks": readiness.checks}
+        return web.json_response(body, status=200 if readiness.ok else 503)
 
     async def metrics_text(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")

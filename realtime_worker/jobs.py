@@ -1,10 +1,8 @@
-"""The job domain: records, parameters, kinds, outcomes and retry policy. No I/O."""
+"""The job domain: records, parameters, kinds and outcomes. No I/O (retries: :mod:`retry`)."""
 
 from __future__ import annotations
 
 import json
-import math
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,7 +10,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 from uuid import UUID
 
-from realtime_worker.errors import JobError, PermanentJobError
+from realtime_worker.errors import PermanentJobError
 
 MAX_PROMPT_CHARS = 2000
 
@@ -264,45 +262,3 @@ class JobResult:
             "cost_cents": self.cost_cents,
             "assets": [a.to_json() for a in self.assets],
         }
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter, by attempt number (1-based)."""
-
-    base_seconds: float = 5.0
-    cap_seconds: float = 600.0
-    jitter: float = 0.5
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        raw = min(self.cap_seconds, self.base_seconds * 2.0 ** max(0, attempt - 1))
-        low, high = 1 - self.jitter, 1 + self.jitter
-        spread = rng.uniform(low, high) if rng else random.uniform(low, high)
-        return max(0.0, min(self.cap_seconds, raw * spread))
-
-
-# The longest wait before a retry: a day. The server's requested delay comes from outside and
-# ends in ``worker_fail_job``'s ``int`` argument, so anything longer (or not a number) is cut here.
-MAX_RETRY_DELAY_SECONDS = 86_400
-
-
-def retry_delay(error: JobError, attempt: int, max_attempts: int,
-                backoff: Backoff, rng: random.Random | None = None) -> int | None:
-    """Seconds until the next attempt, or None when the job should fail for good.
-
-    The server's requested delay (``retry_after``) wins over the backoff when it is longer;
-    either is cut to :data:`MAX_RETRY_DELAY_SECONDS`.
-    """
-    if not error.retryable or attempt >= max_attempts:
-        return None
-    if error.max_retries is not None and attempt > error.max_retries:
-        return None
-    wanted = max(_finite(error.retry_after), backoff.delay(attempt, rng))
-    return math.ceil(min(wanted, MAX_RETRY_DELAY_SECONDS))
-
-
-def _finite(seconds: float | None) -> float:
-    """A requested delay as a number of seconds >= 0 (NaN and None count as none; +inf stays)."""
-    if seconds is None or math.isnan(seconds):
-        return 0.0
-    return max(seconds, 0.0)

@@ -15,7 +15,6 @@ reports ``CLOSED`` through that session's callback, long after the next session 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
 import time
@@ -27,8 +26,10 @@ from uuid import UUID
 import anyio
 from loguru import logger
 
-from realtime_worker.health import HealthState
+from realtime_worker.health_state import RealtimeLink
+from realtime_worker.jobs_channel import jobs_inserts
 from realtime_worker.metrics import Metrics
+from realtime_worker.retry import Backoff, reconnect_delay
 
 if TYPE_CHECKING:
     from supabase.types import RealtimeClientOptions
@@ -50,9 +51,9 @@ class ListenerSettings:
     client_timeout_seconds: int = 10  # realtime-py's push (join, leave) and connect timeout
 
 
-def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, initial * 2**failures))."""
-    return rng.uniform(0, min(cap, initial * 2.0 ** min(failures, 16)))
+def reconnect_backoff(initial: float, cap: float) -> Backoff:
+    """Full jitter: after ``n`` failed sessions, a delay over [0, min(cap, initial * 2**n)]."""
+    return Backoff(base_seconds=initial / 2, cap_seconds=cap / 2, jitter=1.0)
 
 
 def job_id_of(payload: Any) -> UUID | None:
@@ -71,9 +72,11 @@ def _field(payload: Any, name: str) -> Any:
 
 class Listener:
     def __init__(self, settings: ListenerSettings, wake: Wake, metrics: Metrics,
-                 health: HealthState, rng: random.Random | None = None) -> None:
-        self._s, self._wake, self._metrics, self._health = settings, wake, metrics, health
+                 link: RealtimeLink, rng: random.Random | None = None) -> None:
+        self._s, self._wake, self._metrics, self._link = settings, wake, metrics, link
         self._rng = rng or random.Random()
+        self._backoff = reconnect_backoff(settings.backoff_initial_seconds,
+                                          settings.backoff_max_seconds)
         self._changed = anyio.Event()
         self._db_subscribed = False
         self._closed = False
@@ -128,8 +131,7 @@ class Listener:
         while True:
             worked = await self._session()
             failures = 0 if worked else failures + 1
-            delay = backoff_delay(failures, self._s.backoff_initial_seconds,
-                                  self._s.backoff_max_seconds, self._rng)
+            delay = reconnect_delay(failures, self._backoff, self._rng)
             self._metrics.resubscribes.inc()
             logger.bind(event="realtime_rebuild", failures=failures, delay_s=round(delay, 2)).warning(
                 "rebuilding the Realtime client")
@@ -137,28 +139,21 @@ class Listener:
 
     async def _session(self) -> bool:
         """One client + channel, watched until broken for good; True if it ever subscribed."""
-        from realtime.types import RealtimePostgresChangesListenEvent
-        from supabase import AsyncClientOptions, acreate_client
-
         self._generation += 1
         self._db_subscribed, self._closed = False, False
-        options = AsyncClientOptions(realtime=self._client_options())
-        client = await acreate_client(self._s.url, self._s.key, options=options)
+        on_system = functools.partial(self.on_system, self._generation)
         try:
-            channel = client.channel(self._s.channel)
-            insert = RealtimePostgresChangesListenEvent.Insert
-            channel.on_postgres_changes(insert, schema="public", table="jobs", callback=self.on_insert)
-            channel.on_system(functools.partial(self.on_system, self._generation))
-            with anyio.move_on_after(self._s.subscribe_timeout_seconds):
-                await channel.subscribe(functools.partial(self.on_state, self._generation))
-            return await self._watch(client, channel)
+            async with jobs_inserts(self._s.url, self._s.key, self._s.channel,
+                                    self._client_options(), self.on_insert, on_system) as (client, channel):
+                try:
+                    with anyio.move_on_after(self._s.subscribe_timeout_seconds):
+                        await channel.subscribe(functools.partial(self.on_state, self._generation))
+                    return await self._watch(client, channel)
+                finally:
+                    self._set_subscribed(False)
         except Exception as exc:
             logger.bind(event="realtime_error").warning(f"{type(exc).__name__}: {exc}")
             return False
-        finally:
-            self._set_subscribed(False)
-            with anyio.move_on_after(2, shield=True):
-                await _close_quietly(client)
 
     def _client_options(self) -> RealtimeClientOptions:
         # AsyncRealtimeClient takes ``timeout``; supabase passes it on but its TypedDict omits it.
@@ -172,7 +167,7 @@ class Listener:
         worked, broken_since = False, None
         while True:
             healthy = bool(_listening(client) and channel.is_joined and self._db_subscribed)
-            if healthy and not self._health.realtime_subscribed:
+            if healthy and not self._link.subscribed:
                 worked = True
                 self.subscriptions += 1
                 self._set_subscribed(True)
@@ -190,10 +185,10 @@ class Listener:
                 await self._changed.wait()
 
     def _set_subscribed(self, value: bool) -> None:
-        if self._health.realtime_subscribed != value:
+        if self._link.subscribed != value:
             logger.bind(event="realtime_subscribed" if value else "realtime_disconnected").info(
                 "subscribed to jobs inserts" if value else "not subscribed")
-        self._health.realtime_subscribed = value
+        self._link.subscribed = value
         self._metrics.realtime_connected.set(1 if value else 0)
 
 
@@ -214,9 +209,3 @@ def _dead(client: Any) -> bool:
     task = _listen_task(client)
     return task is not None and task.done()
 
-
-async def _close_quietly(client: Any) -> None:
-    with contextlib.suppress(Exception):
-        await client.realtime.remove_all_channels()
-    with contextlib.suppress(Exception):
-        await client.realtime.close()

@@ -93,4 +93,6 @@ class ConfigBreaker:
             self._trips, self._cool_down = 0, 0.0
 
     def _before_last_trip(self, claimed_at: float) -> bool:
-        return self._tripped_at is not None and claimed_at < self._tripped_at
+        # At the very instant of the trip too (a coarse or virtual clock): no claim is sent while
+        # paused, so a claim stamped with the trip's time was sent before it.
+        return self._tripped_at is not None and claimed_at <= self._tripped_at

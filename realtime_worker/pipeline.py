@@ -26,10 +26,9 @@ import anyio
 import anyio.to_thread
 from loguru import logger
 
-from realtime_worker import imaging, limits, memory, paths, prompts
+from realtime_worker import imaging, limits, memory, paths, pdf_page, prompts
 from realtime_worker.assets import AssetLookupError, Assets, SupabaseAssets
 from realtime_worker.config import WorkerSettings
-from realtime_worker.dispatcher import Processor
 from realtime_worker.errors import JobError, PermanentJobError, RetryableJobError, StorageError
 from realtime_worker.generator import GeminiGenerator, GeneratedImage, GenerationRequest, Generator
 from realtime_worker.jobs import (
@@ -44,6 +43,7 @@ from realtime_worker.jobs import (
 )
 from realtime_worker.metrics import Metrics
 from realtime_worker.paths import ObjectPath, UnsafePath
+from realtime_worker.run import Processor
 from realtime_worker.storage import ObjectNotFound, Storage, StorageUnavailable, SupabaseStorage
 
 if TYPE_CHECKING:
@@ -96,8 +96,8 @@ class Output:
 
 
 def pdf_points(paper: PaperSize, landscape: bool) -> tuple[int, int]:
-    """The PDF page size in points, as ``imaging.make_pdf`` lays it out."""
-    short, long = (round(mm * POINTS_PER_MM) for mm in imaging.PAPER_MM[paper])
+    """The PDF page size in points, as ``pdf_page.make_pdf`` lays it out."""
+    short, long = (round(mm * POINTS_PER_MM) for mm in pdf_page.PAPER_MM[paper])
     return (long, short) if landscape else (short, long)
 
 
@@ -106,7 +106,7 @@ def render_outputs(generated: bytes, paper: PaperSize, title: str | None, clean:
     """Cleaned page, thumbnail and PDF of a generated image (CPU-bound: run in a thread)."""
     page = imaging.clean_line_art(generated, clean=clean, max_pixels=max_pixels)
     thumb = imaging.make_thumbnail(page.png)
-    pdf = imaging.make_pdf(page.png, paper=paper, title=title)
+    pdf = pdf_page.make_pdf(page.png, paper=paper, title=title)
     return (Output(AssetKind.EDGE_MAP, page.png, PNG, page.width, page.height),
             Output(AssetKind.THUMBNAIL, thumb.png, PNG, thumb.width, thumb.height),
             Output(AssetKind.PDF, pdf, PDF, *pdf_points(paper, page.width > page.height)))

@@ -15,7 +15,9 @@ pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import selectors
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -27,7 +29,6 @@ import anyio
 import anyio.lowlevel
 
 from realtime_worker.assets import AssetLookupError, AssetRow
-from realtime_worker.dispatcher import Processor
 from realtime_worker.errors import (
     ConfigurationJobError,
     PermanentJobError,
@@ -36,6 +37,7 @@ from realtime_worker.errors import (
 )
 from realtime_worker.jobs import AssetKind, Job, JobResult, JobStatus
 from realtime_worker.paths import ObjectPath
+from realtime_worker.run import Processor
 from realtime_worker.storage import ObjectNotFound, StorageUnavailable
 
 if TYPE_CHECKING:
@@ -64,6 +66,46 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._now += timedelta(seconds=seconds)
+
+
+class LoopClock:
+    """The running event loop's clock as a date: on a :class:`VirtualTimeLoop`, virtual time,
+    so the queue's leases and retries come due with the dispatcher's sleeps."""
+
+    def __init__(self, start: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> None:
+        self._start = start
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=anyio.current_time())
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """Polls without waiting; when nothing is ready, moves the virtual clock to the next timer."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:  # no timer pending: only I/O can wake the loop
+            return super().select(None)
+        events = super().select(0)
+        if not events:
+            self._clock[0] += timeout
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop on virtual time: whenever every task waits, the clock jumps to the next
+    timer, so sleeps and timeouts take no wall-clock time and keep their order. For tests of
+    code that does no real I/O while it waits (the dispatcher over an in-memory queue)."""
+
+    def __init__(self) -> None:
+        self._virtual = [0.0]
+        super().__init__(_JumpingSelector(self._virtual))
+
+    def time(self) -> float:
+        return self._virtual[0]
 
 
 # The messages worker_reap_expired writes (realtime_worker/sql/migrations/0001_worker_contract.sql).

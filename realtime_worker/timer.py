@@ -9,7 +9,6 @@ made while nothing is scheduled, so the idle cost is unchanged.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import anyio
@@ -26,12 +25,12 @@ class WakeTimer:
 
     @property
     def due(self) -> float | None:
-        """Monotonic time of the pending wake-up, if any."""
+        """Loop time of the pending wake-up, if any."""
         return self._due if self._scope is not None else None
 
     def arm(self, tg: TaskGroup, delay: float) -> None:
         """Wake in ``delay`` seconds, unless an earlier wake-up is already pending."""
-        due = time.monotonic() + max(delay, 0.0)
+        due = anyio.current_time() + max(delay, 0.0)
         if self._scope is not None and self._due <= due:
             return
         self.cancel()
@@ -45,6 +44,6 @@ class WakeTimer:
 
     async def _fire(self, scope: anyio.CancelScope) -> None:
         with scope:
-            await anyio.sleep(max(self._due - time.monotonic(), 0.0))
+            await anyio.sleep(max(self._due - anyio.current_time(), 0.0))
             self._scope = None
             self._wake()

@@ -26,12 +26,14 @@ from loguru import logger
 
 from realtime_worker import early_signals, health, sweeper
 from realtime_worker.config import WorkerSettings
-from realtime_worker.dispatcher import Dispatcher, DispatcherSettings, Processor
+from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.errors import ConfigError
+from realtime_worker.health_state import DatabaseProbe, HealthState
 from realtime_worker.listener import Listener, ListenerSettings
 from realtime_worker.metrics import Metrics
-from realtime_worker.pause import PauseSettings
+from realtime_worker.pause import PauseSettings, PauseStatus
 from realtime_worker.queue import SupabaseQueue
+from realtime_worker.run import Processor
 
 if TYPE_CHECKING:
     from supabase import AsyncClient
@@ -158,12 +160,29 @@ class Worker:
         self._starting: anyio.CancelScope | None = None  # while the client libraries load
         self._signals = 0
         self.dispatcher: Dispatcher | None = None
-        self.health = health.HealthState(
+        self._queue: SupabaseQueue | None = None
+        self.health = HealthState(
             mode="paused" if settings.pause_worker else settings.worker_mode,
+            database=DatabaseProbe(self._ping), last_tick=self._last_tick,
+            config_pause=self._config_pause_status,
             realtime_required=settings.worker_mode == "realtime" and not settings.pause_worker,
             paused=settings.pause_worker,
             stale_after_seconds=max(60.0, 3 * settings.idle_interval_seconds),
         )
+
+    # -- the health state's sources: parts that do not exist yet answer "nothing yet" --
+
+    def _last_tick(self) -> float:
+        """When the main loop last turned; while there is none (start-up, paused), now."""
+        return self.dispatcher.last_tick if self.dispatcher else time.monotonic()
+
+    def _config_pause_status(self) -> PauseStatus | None:
+        return self.dispatcher.pause_status() if self.dispatcher else None
+
+    async def _ping(self) -> None:
+        if self._queue is None:
+            raise ConnectionError("no database client yet")
+        await self._queue.reap_expired(0)
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (what the first SIGTERM does); during start-up, end it."""
@@ -194,8 +213,8 @@ class Worker:
         if self._owns_process:
             settle_heap()
         async with supabase_client(self.settings) as client:
-            queue = SupabaseQueue.from_client(client, self.metrics, self.health.mark_database_ok)
-            self.health.database_check = lambda: _ping(queue)
+            queue = SupabaseQueue.from_client(client, self.metrics, self.health.database.mark_ok)
+            self._queue = queue
             if self.settings.pause_worker:
                 await self._paused()
                 return
@@ -203,8 +222,6 @@ class Worker:
             async with factory(context) as processor:
                 self.dispatcher = Dispatcher(queue, processor, self._dispatcher_settings(),
                                              self.metrics)
-                self.health.tick = lambda: self.dispatcher.last_tick if self.dispatcher else 0.0
-                self.health.config_pause = self.dispatcher.pause_status
                 if once:
                     await self._drain(queue, self.dispatcher)
                 else:
@@ -233,7 +250,6 @@ class Worker:
 
     async def _paused(self) -> None:
         logger.bind(event="worker_paused").warning("PAUSE_WORKER is set: health server only, no claims")
-        self.health.tick = time.monotonic
         await self._stop.wait()
 
     async def _serve(self, queue: SupabaseQueue, dispatcher: Dispatcher) -> None:
@@ -245,7 +261,7 @@ class Worker:
             logger.bind(event="worker_stopping", in_flight=dispatcher.in_flight).info(
                 "stopping: no new claims; in-flight jobs get the grace period")
             feeders.cancel()
-            self.health.realtime_subscribed = False
+            self.health.realtime.subscribed = False
             await dispatcher.shutdown()
 
     async def _feed(self, queue: SupabaseQueue, dispatcher: Dispatcher,
@@ -256,7 +272,7 @@ class Worker:
                               self.settings.idle_interval_seconds)
                 if self.settings.worker_mode == "realtime":
                     listener = Listener(self._listener_config(), dispatcher.wake, self.metrics,
-                                        self.health)
+                                        self.health.realtime)
                     tg.start_soon(listener.run)
 
     def _listener_config(self) -> ListenerSettings:
@@ -293,5 +309,4 @@ class Worker:
             scope.cancel()
 
 
-async def _ping(queue: SupabaseQueue) -> None:
-    await queue.reap_expired(0)
+

@@ -64,3 +64,13 @@ async def as_role(conn: asyncpg.Connection, role: str, query: str, *args: Any) -
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     """A metric's current value (0 when it has no sample with these labels yet)."""
     return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+class ManualClock:
+    """A monotonic clock (a callable, as ``time.monotonic``) that moves when a test sets ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

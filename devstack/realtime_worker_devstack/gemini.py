@@ -114,6 +114,24 @@ class _Parsed:
     image_size: str | None
 
 
+def error_body(code: int, message: str, details: list[dict[str, Any]] | None = None,
+               status: str | None = None) -> dict[str, Any]:
+    """An error answer in Google's shape (``google.rpc.Status`` as JSON); ``status`` defaults to
+    the canonical name of ``code``. The one builder of Gemini error bodies, for the fake and
+    for tests that serve an answer the fake does not send."""
+    error: dict[str, Any] = {"code": code, "message": message,
+                             "status": status or STATUS_NAMES.get(code, "UNKNOWN")}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def error_info(reason: str) -> dict[str, Any]:
+    """A ``google.rpc.ErrorInfo`` detail as Google sends it for an API key problem."""
+    return {"@type": ERROR_INFO, "reason": reason, "domain": "googleapis.com",
+            "metadata": {"service": SERVICE}}
+
+
 class _ApiError(Exception):
     """An answer in Google's error shape; raised inside a handler, turned into JSON by it."""
 
@@ -124,14 +142,7 @@ class _ApiError(Exception):
         self.details = details or []
 
     def response(self) -> web.Response:
-        error: dict[str, Any] = {
-            "code": self.code,
-            "message": self.message,
-            "status": STATUS_NAMES.get(self.code, "UNKNOWN"),
-        }
-        if self.details:
-            error["details"] = self.details
-        return web.json_response({"error": error}, status=self.code)
+        return web.json_response(error_body(self.code, self.message, self.details), status=self.code)
 
 
 class _ClientGone(Exception):
@@ -537,12 +548,7 @@ def _bad_key() -> _ApiError:
         400,
         message,
         [
-            {
-                "@type": ERROR_INFO,
-                "reason": "API_KEY_INVALID",
-                "domain": "googleapis.com",
-                "metadata": {"service": SERVICE},
-            },
+            error_info("API_KEY_INVALID"),
             {
                 "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
                 "locale": "en-US",
@@ -559,14 +565,7 @@ def _forced_error(code: int, faults: Faults) -> _ApiError:
         return _ApiError(
             403,
             "Permission denied: the API key's project is not allowed to use this API.",
-            [
-                {
-                    "@type": ERROR_INFO,
-                    "reason": "API_KEY_SERVICE_BLOCKED",
-                    "domain": "googleapis.com",
-                    "metadata": {"service": SERVICE},
-                }
-            ],
+            [error_info("API_KEY_SERVICE_BLOCKED")],
         )
     return _ApiError(code, MESSAGES.get(code, f"Forced status {code}."))
 

@@ -19,7 +19,7 @@ import pytest
 from bench.harness import free_port
 
 if TYPE_CHECKING:
-    from realtime_worker.dispatcher import Processor
+    from realtime_worker.run import Processor
     from realtime_worker.worker import WorkerContext
 
 pytestmark = pytest.mark.e2e

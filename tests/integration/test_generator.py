@@ -24,7 +24,7 @@ from realtime_worker.errors import (
 )
 from realtime_worker.generator import GeminiGenerator, GenerationRequest, Generator
 from realtime_worker_devstack.faults import Faults
-from realtime_worker_devstack.gemini import GeminiFake
+from realtime_worker_devstack.gemini import GeminiFake, error_body, error_info
 from tests.gemini_server import serving
 
 if TYPE_CHECKING:
@@ -340,17 +340,14 @@ async def test_auth_statuses_are_configuration_errors(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("error", [
-    {"code": 400, "status": "FAILED_PRECONDITION",
-     "message": "User location is not supported for the API use."},
-    {"code": 400, "status": "INVALID_ARGUMENT", "message": "API key expired. Please renew the API key.",
-     "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-                  "domain": "googleapis.com"}]},
+    error_body(400, "User location is not supported for the API use.", status="FAILED_PRECONDITION"),
+    error_body(400, "API key expired. Please renew the API key.", [error_info("API_KEY_INVALID")]),
 ])
 async def test_billing_region_and_key_400s_are_configuration_errors(error: dict[str, Any]) -> None:
     """What the devstack's fake does not send: Google's 400s that blame the worker's setup.
     They pause the worker's claiming (dispatcher), so the mapping must hold over the real SDK."""
     async def refuse(_: web.Request) -> web.Response:
-        return web.json_response({"error": error}, status=400)
+        return web.json_response(error, status=400)
 
     app = web.Application()
     app.router.add_post("/{version}/models/{model_action}", refuse)

@@ -25,10 +25,10 @@ from supabase import AsyncClient
 from realtime_worker import config, imaging
 from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
-from realtime_worker.jobs import MAX_RETRY_DELAY_SECONDS
 from realtime_worker.metrics import Metrics
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.queue import SupabaseQueue
+from realtime_worker.retry import MAX_RETRY_DELAY_SECONDS
 from realtime_worker.worker import Worker, WorkerContext, supabase_client
 from realtime_worker_devstack import photos
 from realtime_worker_devstack.server import Devstack

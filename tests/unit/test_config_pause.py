@@ -5,20 +5,13 @@ from __future__ import annotations
 import pytest
 
 from realtime_worker.pause import ConfigBreaker, PauseSettings
+from tests.helpers import ManualClock
 
 pytestmark = pytest.mark.unit
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def breaker(initial: float = 30, maximum: float = 600) -> tuple[ConfigBreaker, Clock]:
-    clock = Clock()
+def breaker(initial: float = 30, maximum: float = 600) -> tuple[ConfigBreaker, ManualClock]:
+    clock = ManualClock()
     return ConfigBreaker(PauseSettings(initial_seconds=initial, max_seconds=maximum), clock), clock
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from uuid import UUID
@@ -15,14 +14,22 @@ from loguru import logger
 
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.errors import ConfigurationJobError, QueueError
-from realtime_worker.jobs import Backoff, Job, JobResult, JobStatus, lease_owner, worker_of
+from realtime_worker.jobs import Job, JobResult, JobStatus, lease_owner, worker_of
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import PauseSettings
-from realtime_worker.testing import InMemoryQueue, ScriptedProcessor
+from realtime_worker.retry import Backoff
+from realtime_worker.testing import InMemoryQueue, LoopClock, ScriptedProcessor, VirtualTimeLoop
 from tests.helpers import sample
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, object]]:
+    """Virtual time: sleeps, leases, timeouts and cool-downs pass without waiting (the queue's
+    clock is the loop's, see ``LoopClock``)."""
+    return "asyncio", {"loop_factory": VirtualTimeLoop}
 
 
 def make(queue: InMemoryQueue, processor: object, *, slots: int = 2, lease: int = 30,
@@ -52,7 +59,7 @@ class Gauge:
 
 
 async def test_drain_runs_every_due_job_within_capacity() -> None:
-    queue, gauge = InMemoryQueue(), Gauge()
+    queue, gauge = InMemoryQueue(LoopClock()), Gauge()
     ids = [queue.add() for _ in range(9)]
     with anyio.fail_after(5):
         await make(queue, gauge, slots=3).drain()
@@ -62,7 +69,7 @@ async def test_drain_runs_every_due_job_within_capacity() -> None:
 
 
 async def test_hint_claims_the_named_job_without_a_fill() -> None:
-    queue, gauge = InMemoryQueue(), Gauge(0)
+    queue, gauge = InMemoryQueue(LoopClock()), Gauge(0)
     job_id = queue.add()
     dispatcher = make(queue, gauge)
     async with anyio.create_task_group() as tg:
@@ -76,7 +83,7 @@ async def test_hint_claims_the_named_job_without_a_fill() -> None:
 
 
 async def test_failures_are_classified() -> None:
-    queue = InMemoryQueue()
+    queue = InMemoryQueue(LoopClock())
     retry = queue.add({"script": {"fail": "retryable", "retry_after": 120}})
     permanent = queue.add({"script": {"fail": "permanent"}})
     crash = queue.add({"script": {"fail": "crash"}})
@@ -93,7 +100,7 @@ async def test_failures_are_classified() -> None:
 
 
 async def test_lost_lease_cancels_the_job_and_discards_its_result() -> None:
-    queue = InMemoryQueue()
+    queue = InMemoryQueue(LoopClock())
     job_id = queue.add({"script": {"duration": 30}})
     processor = ScriptedProcessor()
     with anyio.fail_after(5):
@@ -107,7 +114,7 @@ async def test_lost_lease_cancels_the_job_and_discards_its_result() -> None:
 
 
 async def test_shutdown_releases_unfinished_jobs_without_counting_the_attempt() -> None:
-    queue = InMemoryQueue()
+    queue = InMemoryQueue(LoopClock())
     slow = queue.add({"script": {"duration": 60}})
     quick = queue.add({"script": {"duration": 0.1}})
     dispatcher = make(queue, ScriptedProcessor(), grace=0.5)
@@ -127,7 +134,7 @@ async def test_a_job_handed_out_again_stops_its_stale_run_and_runs_once() -> Non
     """The database may hand a job this worker still runs back to it: heartbeats failed for a
     whole lease, a sweep put the job back in the queue, and this worker's next claim took it.
     The new claim wins: the stale run stops without writing anything, and one run remains."""
-    queue, processor = InMemoryQueue(), ScriptedProcessor()
+    queue, processor = InMemoryQueue(LoopClock()), ScriptedProcessor()
     job_id = queue.add({"script": {"duration": 60}})
     dispatcher = make(queue, processor)
     with anyio.fail_after(5):
@@ -152,7 +159,7 @@ class SlowAnswer(InMemoryQueue):
     a SIGTERM can arrive while the database already shows the jobs running."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(LoopClock())
         self.answer = anyio.Event()
         self.claimed = anyio.Event()
 
@@ -198,7 +205,7 @@ async def test_jobs_whose_claim_is_answered_after_the_grace_period_are_given_bac
 
 
 async def test_full_hint_buffer_drops_hints_not_jobs() -> None:
-    queue, gauge = InMemoryQueue(), Gauge(0.01)
+    queue, gauge = InMemoryQueue(LoopClock()), Gauge(0.01)
     ids = [queue.add() for _ in range(40)]
     dispatcher = make(queue, gauge, slots=2, buffer=2)
     for job_id in ids:
@@ -213,7 +220,7 @@ async def test_full_hint_buffer_drops_hints_not_jobs() -> None:
 
 
 async def test_a_burst_of_hints_is_claimed_in_batches() -> None:
-    queue, gauge = InMemoryQueue(), Gauge(0.01)
+    queue, gauge = InMemoryQueue(LoopClock()), Gauge(0.01)
     ids = [queue.add() for _ in range(8)]
     dispatcher = make(queue, gauge, slots=8)
     for job_id in ids:
@@ -231,7 +238,7 @@ class FlakyQueue(InMemoryQueue):
     """The database is unreachable for the first ``outage`` completion attempts."""
 
     def __init__(self, outage: int) -> None:
-        super().__init__()
+        super().__init__(LoopClock())
         self.outage = outage
 
     async def complete(self, job_id: UUID, worker: str, result: JobResult) -> bool:
@@ -301,7 +308,7 @@ class Outage(InMemoryQueue):
     """Completions fail while ``down`` is set."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(LoopClock())
         self.down = True
 
     async def complete(self, job_id: UUID, worker: str, result: JobResult) -> bool:
@@ -342,7 +349,7 @@ async def test_two_instances_sharing_a_worker_id_never_both_own_a_job() -> None:
     """On Cloud Run every instance may be ``localhost-1``. When one instance's lease ran out and
     the other claimed the job, the first one's next renewal must be refused, not accepted as its
     own: each claim writes its own owner."""
-    queue = InMemoryQueue()
+    queue = InMemoryQueue(LoopClock())
     job_id = queue.add({"script": {"duration": 60}})
     first, second = ScriptedProcessor(), ScriptedProcessor()
     old, new = make(queue, first, lease=3), make(queue, second, lease=3)
@@ -393,12 +400,22 @@ class TimedQueue(InMemoryQueue):
     """Notes when each claim request was made."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(LoopClock())
         self.claim_times: list[float] = []
 
     async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
-        self.claim_times.append(time.monotonic())
+        self.claim_times.append(anyio.current_time())
         return await super().claim_jobs(worker, limit, lease_seconds)
+
+
+async def added_in_order(queue: InMemoryQueue, *params: dict[str, object]) -> list[UUID]:
+    """Jobs created a moment apart, so claims take them in this order (virtual time stands
+    still between two lines; ``created_at`` orders claims, then the random id)."""
+    ids = []
+    for job_params in params:
+        ids.append(queue.add(job_params))
+        await anyio.sleep(0.001)
+    return ids
 
 
 def claim_calls(queue: InMemoryQueue) -> int:
@@ -425,7 +442,7 @@ def alerts() -> Iterator[list[tuple[str, str, dict[str, object]]]]:
 
 async def test_a_config_error_gives_the_job_back_uncounted_unrefunded_and_stops_claims(
         alerts: list[tuple[str, str, dict[str, object]]]) -> None:
-    queue, gemini, metrics = InMemoryQueue(), Revoked(), Metrics()
+    queue, gemini, metrics = InMemoryQueue(LoopClock()), Revoked(), Metrics()
     ids = [queue.add() for _ in range(3)]
     dispatcher = make(queue, gemini, slots=1, pause=PauseSettings(initial_seconds=60),
                       metrics=metrics)
@@ -480,11 +497,10 @@ async def test_claims_resume_by_themselves_when_the_cool_down_ends() -> None:
 
 async def test_running_jobs_go_on_and_are_given_back_too_in_the_same_pause(
         alerts: list[tuple[str, str, dict[str, object]]]) -> None:
-    queue, processor, metrics = InMemoryQueue(), ScriptedProcessor(), Metrics()
-    first = queue.add({"script": {"fail": "config"}})
-    later = queue.add({"script": {"fail": "config", "duration": 0.2}})
-    done = queue.add({"script": {"duration": 0.3}})
-    waiting = queue.add()
+    queue, processor, metrics = InMemoryQueue(LoopClock()), ScriptedProcessor(), Metrics()
+    first, later, done, waiting = await added_in_order(
+        queue, {"script": {"fail": "config"}}, {"script": {"fail": "config", "duration": 0.2}},
+        {"script": {"duration": 0.3}}, {})
     dispatcher = make(queue, processor, slots=3, pause=PauseSettings(initial_seconds=60),
                       metrics=metrics)
     with anyio.fail_after(5):
@@ -504,7 +520,7 @@ async def test_running_jobs_go_on_and_are_given_back_too_in_the_same_pause(
 
 
 async def test_shutdown_during_a_pause_is_prompt() -> None:
-    queue, gemini = InMemoryQueue(), Revoked()
+    queue, gemini = InMemoryQueue(LoopClock()), Revoked()
     queue.add()
     dispatcher = make(queue, gemini, pause=PauseSettings(initial_seconds=600))
     # The cool-down's own wake-up must not hold the loop open.
@@ -530,7 +546,7 @@ async def shutdown_is_prompt(dispatcher: Dispatcher, settled: Callable[[], bool]
 
 
 async def test_drain_gives_back_and_returns_without_waiting_for_the_cool_down() -> None:
-    queue, gemini = InMemoryQueue(), Revoked()
+    queue, gemini = InMemoryQueue(LoopClock()), Revoked()
     ids = [queue.add() for _ in range(4)]
     with anyio.fail_after(2):
         await make(queue, gemini, slots=2, pause=PauseSettings(initial_seconds=600)).drain()
@@ -543,7 +559,7 @@ async def test_drain_gives_back_and_returns_without_waiting_for_the_cool_down() 
 async def test_a_job_failing_before_gemini_proves_nothing_and_the_pause_keeps_doubling() -> None:
     """Only a job that went through shows the configuration works again: a job that failed on
     its own input never reached Gemini, so the next pause still doubles."""
-    queue, metrics = InMemoryQueue(), Metrics()
+    queue, metrics = InMemoryQueue(LoopClock()), Metrics()
     queue.add({"script": {"fail": "config", "duration": 0.05}})  # Gemini refuses, after a moment
     dispatcher = make(queue, ScriptedProcessor(), slots=2, metrics=metrics,
                       pause=PauseSettings(initial_seconds=0.3, max_seconds=10))
@@ -584,7 +600,7 @@ def quick_retries(queue: InMemoryQueue, processor: object, metrics: Metrics) -> 
 
 
 async def test_a_retry_is_claimed_when_it_is_due_without_waiting_for_a_sweep() -> None:
-    queue, processor, metrics = InMemoryQueue(), ScriptedProcessor(), Metrics()
+    queue, processor, metrics = InMemoryQueue(LoopClock()), ScriptedProcessor(), Metrics()
     job_id = queue.add({"script": {"fail": "retryable", "retry_after": 1}}, max_attempts=2)
     dispatcher = quick_retries(queue, processor, metrics)
     with anyio.fail_after(5):
@@ -598,7 +614,7 @@ async def test_a_retry_is_claimed_when_it_is_due_without_waiting_for_a_sweep() -
 
 
 async def test_a_pending_retry_timer_does_not_hold_shutdown_open() -> None:
-    queue, processor, metrics = InMemoryQueue(), ScriptedProcessor(), Metrics()
+    queue, processor, metrics = InMemoryQueue(LoopClock()), ScriptedProcessor(), Metrics()
     queue.add({"script": {"fail": "retryable", "retry_after": 600}})
     dispatcher = quick_retries(queue, processor, metrics)
     await shutdown_is_prompt(dispatcher, lambda: sample(

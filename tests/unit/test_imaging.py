@@ -23,7 +23,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 from pypdf import PdfReader
 from pypdf.generic import DictionaryObject
 
-from realtime_worker import imaging, limits
+from realtime_worker import imaging, limits, pdf_page
 from realtime_worker.errors import PermanentJobError, RetryableJobError
 from realtime_worker.jobs import PaperSize
 from realtime_worker_devstack import photos
@@ -258,7 +258,7 @@ def image_placement(reader: PdfReader) -> tuple[float, float, float, float]:
                                              (PaperSize.LETTER, (612.0, 792.0))])
 def test_pdf_has_one_page_of_the_paper_size(cleaned_page: imaging.CleanedPage,
                                             paper: PaperSize, size: tuple[float, float]) -> None:
-    reader = pdf_reader(imaging.make_pdf(cleaned_page.png, paper=paper, title=None))
+    reader = pdf_reader(pdf_page.make_pdf(cleaned_page.png, paper=paper, title=None))
     assert len(reader.pages) == 1
     box = reader.pages[0].mediabox
     assert float(box.width) == pytest.approx(size[0], abs=1)
@@ -266,7 +266,7 @@ def test_pdf_has_one_page_of_the_paper_size(cleaned_page: imaging.CleanedPage,
 
 
 def test_pdf_embeds_one_lossless_image(cleaned_page: imaging.CleanedPage) -> None:
-    data = imaging.make_pdf(cleaned_page.png, paper=PaperSize.A4, title=None)
+    data = pdf_page.make_pdf(cleaned_page.png, paper=PaperSize.A4, title=None)
     resources = cast(DictionaryObject, pdf_reader(data).pages[0]["/Resources"])
     xobjects = cast(DictionaryObject, resources["/XObject"].get_object())
     images = [obj.get_object() for obj in xobjects.values()
@@ -277,7 +277,7 @@ def test_pdf_embeds_one_lossless_image(cleaned_page: imaging.CleanedPage) -> Non
 
 
 def test_pdf_image_fits_inside_the_margins_centred(cleaned_page: imaging.CleanedPage) -> None:
-    reader = pdf_reader(imaging.make_pdf(cleaned_page.png, paper=PaperSize.A4, title=None))
+    reader = pdf_reader(pdf_page.make_pdf(cleaned_page.png, paper=PaperSize.A4, title=None))
     w, h, x, y = image_placement(reader)
     page_w, page_h = 595.28, 841.89
     assert w == pytest.approx(page_w - 20 * MM, abs=0.5)  # 1024 px fills the width
@@ -287,7 +287,7 @@ def test_pdf_image_fits_inside_the_margins_centred(cleaned_page: imaging.Cleaned
 
 def test_pdf_never_blows_a_tiny_image_up_past_100_dpi() -> None:
     tiny = encoded(Image.new("L", (100, 100), 255), "PNG")
-    w, h, x, _ = image_placement(pdf_reader(imaging.make_pdf(tiny, paper=PaperSize.A4,
+    w, h, x, _ = image_placement(pdf_reader(pdf_page.make_pdf(tiny, paper=PaperSize.A4,
                                                              title=None)))
     assert w == pytest.approx(72.0, abs=0.1)
     assert h == pytest.approx(72.0, abs=0.1)
@@ -295,26 +295,26 @@ def test_pdf_never_blows_a_tiny_image_up_past_100_dpi() -> None:
 
 
 def test_pdf_title_is_printed_above_the_image(cleaned_page: imaging.CleanedPage) -> None:
-    data = imaging.make_pdf(cleaned_page.png, paper=PaperSize.LETTER, title="Tiger Party")
+    data = pdf_page.make_pdf(cleaned_page.png, paper=PaperSize.LETTER, title="Tiger Party")
     reader = pdf_reader(data)
     assert "Tiger Party" in reader.pages[0].extract_text()
     _, h, _, y = image_placement(reader)
-    assert y + h <= 792 - 10 * MM - imaging.TITLE_BAND_MM * MM + 0.5
+    assert y + h <= 792 - 10 * MM - pdf_page.TITLE_BAND_MM * MM + 0.5
 
 
 def test_pdf_without_title_has_no_text(cleaned_page: imaging.CleanedPage) -> None:
-    data = imaging.make_pdf(cleaned_page.png, paper=PaperSize.A4, title=None)
+    data = pdf_page.make_pdf(cleaned_page.png, paper=PaperSize.A4, title=None)
     assert pdf_reader(data).pages[0].extract_text().strip() == ""
 
 
 def test_pdf_title_outside_latin1_does_not_crash(cleaned_page: imaging.CleanedPage) -> None:
     title = "Café 🐯 ﬁsh 猫 “quoted”"
-    data = imaging.make_pdf(cleaned_page.png, paper=PaperSize.A4, title=title)
+    data = pdf_page.make_pdf(cleaned_page.png, paper=PaperSize.A4, title=title)
     assert "Café ? fish ?" in pdf_reader(data).pages[0].extract_text()
 
 
 def test_pdf_long_title_is_shortened_to_one_line(cleaned_page: imaging.CleanedPage) -> None:
-    data = imaging.make_pdf(cleaned_page.png, paper=PaperSize.A4, title="word " * 200)
+    data = pdf_page.make_pdf(cleaned_page.png, paper=PaperSize.A4, title="word " * 200)
     text = pdf_reader(data).pages[0].extract_text()
     assert text.strip().endswith("...")
     assert "\n" not in text.strip()
@@ -322,7 +322,7 @@ def test_pdf_long_title_is_shortened_to_one_line(cleaned_page: imaging.CleanedPa
 
 def test_pdf_of_a_landscape_image_is_a_landscape_page() -> None:
     wide = encoded(Image.new("L", (1200, 900), 255), "PNG")
-    box = pdf_reader(imaging.make_pdf(wide, paper=PaperSize.A4, title=None)).pages[0].mediabox
+    box = pdf_reader(pdf_page.make_pdf(wide, paper=PaperSize.A4, title=None)).pages[0].mediabox
     assert float(box.width) == pytest.approx(841.89, abs=1)
     assert float(box.height) == pytest.approx(595.28, abs=1)
 

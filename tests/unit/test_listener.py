@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from realtime_worker.health import HealthState
-from realtime_worker.listener import Listener, ListenerSettings, backoff_delay, job_id_of
+from realtime_worker.health_state import RealtimeLink
+from realtime_worker.listener import Listener, ListenerSettings, job_id_of, reconnect_backoff
 from realtime_worker.metrics import Metrics
+from realtime_worker.retry import reconnect_delay
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.unit
 def listener(wakes: list[tuple[uuid.UUID | None, str]]) -> Listener:
     return Listener(ListenerSettings(url="http://127.0.0.1:1", key="k"),
                     lambda job_id, source: wakes.append((job_id, source)), Metrics(),
-                    HealthState(mode="realtime"))
+                    RealtimeLink())
 
 
 def insert(record: Any) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def test_a_failing_wake_does_not_escape_the_callback() -> None:
         raise RuntimeError("dispatcher gone")
 
     subject = Listener(ListenerSettings(url="http://127.0.0.1:1", key="k"), boom, Metrics(),
-                       HealthState(mode="realtime"))
+                       RealtimeLink())
     subject.on_insert(insert({"id": str(uuid.uuid4()), "status": "queued"}))
     subject.on_system(0, object())
     subject.on_state(0, object(), RuntimeError("x"))
@@ -59,7 +60,7 @@ def test_non_queued_inserts_do_not_name_a_job() -> None:
 
 def test_backoff_is_bounded_and_jittered() -> None:
     rng = random.Random(1)
-    delays = [backoff_delay(n, 0.5, 30.0, rng) for n in range(40)]
+    delays = [reconnect_delay(n, reconnect_backoff(0.5, 30.0), rng) for n in range(40)]
     assert all(0 <= d <= 30.0 for d in delays)
     assert len(set(delays)) == len(delays)
-    assert max(backoff_delay(1, 0.5, 30.0, rng) for _ in range(100)) <= 1.0
+    assert max(reconnect_delay(1, reconnect_backoff(0.5, 30.0), rng) for _ in range(100)) <= 1.0

@@ -34,10 +34,11 @@ from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.errors import JobError, PermanentJobError, RetryableJobError, StorageError
 from realtime_worker.generator import GeneratedImage, GenerationRequest
-from realtime_worker.jobs import AssetKind, Backoff, Complexity, Job, JobResult, JobStatus, LineThickness
+from realtime_worker.jobs import AssetKind, Complexity, Job, JobResult, JobStatus, LineThickness
 from realtime_worker.metrics import Metrics
 from realtime_worker.paths import ObjectPath, UnsafePath, input_path, output_path
 from realtime_worker.pipeline import Pipeline
+from realtime_worker.retry import Backoff
 from realtime_worker.storage import ObjectNotFound, StorageUnavailable, SupabaseStorage
 from realtime_worker.testing import InMemoryAssets, InMemoryQueue, InMemoryStorage
 

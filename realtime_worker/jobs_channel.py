@@ -1,0 +1,49 @@
+"""The one Realtime channel shape: ``postgres_changes`` INSERT on ``public.jobs``, on an official
+supabase client, closed quietly whatever happened. The listener and ``check`` both open it.
+
+supabase and realtime are imported when a channel is opened: they take a while to import, and
+the worker loads them in the background after its health server is up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+if TYPE_CHECKING:
+    from realtime import AsyncRealtimeChannel
+    from supabase import AsyncClient
+    from supabase.types import RealtimeClientOptions
+
+
+@asynccontextmanager
+async def jobs_inserts(url: str, key: str, channel_name: str, options: RealtimeClientOptions,
+                       on_insert: Callable[[Any], None], on_system: Callable[[Any], None],
+                       ) -> AsyncIterator[tuple[AsyncClient, AsyncRealtimeChannel]]:
+    """A client and a channel with the insert and system callbacks bound, not yet subscribed."""
+    from realtime.types import RealtimePostgresChangesListenEvent
+    from supabase import AsyncClientOptions, acreate_client
+
+    client = await acreate_client(url, key, options=AsyncClientOptions(realtime=options))
+    try:
+        channel = client.channel(channel_name)
+        channel.on_postgres_changes(RealtimePostgresChangesListenEvent.Insert, schema="public",
+                                    table="jobs", callback=on_insert)
+        channel.on_system(on_system)
+        yield client, channel
+    finally:
+        with anyio.move_on_after(2, shield=True):
+            await close_quietly(client)
+
+
+async def close_quietly(client: AsyncClient) -> None:
+    """Leave every channel and close the socket; a socket that never opened has nothing to
+    release, so errors are dropped."""
+    with contextlib.suppress(Exception):
+        await client.realtime.remove_all_channels()
+    with contextlib.suppress(Exception):
+        await client.realtime.close()
