@@ -207,7 +207,8 @@ class Worker:
         if self._listener_settings is not None:
             return self._listener_settings
         return ListenerSettings(url=self.settings.supabase_url,
-                                key=self.settings.supabase_service_role_key.get_secret_value())
+                                key=self.settings.supabase_service_role_key.get_secret_value(),
+                                source=self.settings.wakeup_source)
 
     def _dispatcher_settings(self) -> DispatcherSettings:
         s = self.settings

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Literal
+
+WakeupSource = Literal["postgres_changes", "broadcast"]
 
 
 @dataclass(frozen=True)
@@ -15,15 +18,22 @@ class Migration:
 
 
 @cache
-def migrations() -> tuple[Migration, ...]:
-    """The numbered migrations in the order they apply (``NNNN_name.sql``)."""
-    folder = resources.files(__package__).joinpath("migrations")
+def migrations(wakeup: WakeupSource = "postgres_changes") -> tuple[Migration, ...]:
+    """The numbered migrations in the order they apply (``NNNN_name.sql``); with the broadcast
+    wake-up source also those of ``migrations/broadcast/`` (applied only on request)."""
+    found = _folder("migrations")
+    if wakeup == "broadcast":
+        found += _folder("migrations/broadcast")
+    return tuple(sorted(found, key=lambda m: m.version))
+
+
+def _folder(path: str) -> list[Migration]:
     found = []
-    for entry in folder.iterdir():
+    for entry in resources.files(__package__).joinpath(path).iterdir():
         if entry.name.endswith(".sql"):
             version, _, rest = entry.name.partition("_")
             found.append(Migration(version, rest.removesuffix(".sql"), entry.read_text("utf-8")))
-    return tuple(sorted(found, key=lambda m: m.version))
+    return found
 
 
 @cache
@@ -46,7 +56,7 @@ def query(name: str) -> str:
     return queries()[name]
 
 
-def full_script() -> str:
+def full_script(wakeup: WakeupSource = "postgres_changes") -> str:
     """Every migration, concatenated, as `realtime-worker sql` prints it."""
-    parts = [f"-- realtime-worker migration {m.version}_{m.name}\n{m.sql}" for m in migrations()]
+    parts = [f"-- realtime-worker migration {m.version}_{m.name}\n{m.sql}" for m in migrations(wakeup)]
     return "\n".join(parts)
