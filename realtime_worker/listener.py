@@ -146,7 +146,7 @@ class Listener:
     def on_broadcast(self, message: Any) -> None:
         try:
             meta = message.get("meta") or {}
-            if not self._seen.first_time(str(meta.get("id"))):
+            if meta.get("id") is not None and not self._seen.first_time(str(meta["id"])):
                 self.duplicates += 1
                 return
             self._metrics.events.inc()

@@ -525,6 +525,7 @@ class RealtimeServer:
         self._interest: dict[TableKey, set[str]] = {}
         self._queue: asyncio.Queue[tuple[float, int, dict[str, Any]]] = asyncio.Queue()
         self._polled: deque[tuple[float, int, dict[str, Any]]] = deque()  # for the modelled poller
+        self.poll_batches: deque[int] = deque(maxlen=100)  # changes read by the last polls
         self._publication_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._listen_conn: asyncpg.Connection | None = None
@@ -680,6 +681,9 @@ class RealtimeServer:
         """The modelled replication poller: at most 100 changes a poll, then the real cadence."""
         while True:
             batch = [self._polled.popleft() for _ in range(min(len(self._polled), POLL_MAX_CHANGES))]
+            changes = sum("sync" not in body for _, _, body in batch)
+            if changes:
+                self.poll_batches.append(changes)
             delivered = 0
             for due, size, body in batch:
                 try:
@@ -687,7 +691,7 @@ class RealtimeServer:
                 except Exception as exc:
                     logger.bind(event="devstack.realtime.dispatch_failed", error=type(exc).__name__).opt(
                         exception=exc).error("a change could not be delivered")
-            await asyncio.sleep(self._next_poll(delivered, any("sync" not in b for _, _, b in batch)))
+            await asyncio.sleep(self._next_poll(delivered, changes > 0))
 
     def _next_poll(self, delivered: int, read_changes: bool) -> float:
         if delivered:
