@@ -620,9 +620,10 @@ async def test_public_and_private_messages_stay_apart(stack: Stack) -> None:
         public = Inbox()
         public_channel.on_broadcast("INSERT", public)
         await public_channel.subscribe()
-        await stack.conn.execute("select realtime.send('{\"to\": \"public\"}', 'INSERT', 'mixed-public', false)")
-        await stack.conn.execute("select realtime.send('{\"to\": \"private\"}', 'INSERT', 'mixed', true)")
-        await stack.conn.execute("select realtime.send('{\"to\": \"nobody\"}', 'INSERT', 'mixed', false)")
+        for to, topic, private in (("public", "mixed-public", False), ("private", "mixed", True),
+                                   ("nobody", "mixed", False)):
+            await stack.conn.execute("select realtime.send($1::jsonb, 'INSERT', $2, $3)",
+                                     json.dumps({"to": to}), topic, private)
         got_public, got_private = await public.next(), await private.next()
         await stack.realtime.sync()
     assert got_public["payload"]["to"] == "public" and got_private["payload"]["to"] == "private"
