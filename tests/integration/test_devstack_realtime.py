@@ -601,8 +601,8 @@ async def test_replay_sends_the_newest_since_marked_and_in_order(stack: Stack) -
 
 async def test_replay_on_a_public_channel_or_with_bad_params_is_refused(stack: Stack) -> None:
     async with realtime_client(stack) as client:
-        public = client.channel("open", {"config": {"broadcast": {"replay": {"since": 0}},
-                                                    "private": False}})
+        config: Any = {"config": {"broadcast": {"replay": {"since": 0}}, "private": False}}
+        public = client.channel("open", config)
         states = Inbox()
         await public.subscribe(states)
         refused = await states.state("CHANNEL_ERROR")
@@ -620,10 +620,10 @@ async def test_public_and_private_messages_stay_apart(stack: Stack) -> None:
         public = Inbox()
         public_channel.on_broadcast("INSERT", public)
         await public_channel.subscribe()
-        for to, topic, private in (("public", "mixed-public", False), ("private", "mixed", True),
-                                   ("nobody", "mixed", False)):
+        for to, topic, is_private in (("public", "mixed-public", False), ("private", "mixed", True),
+                                      ("nobody", "mixed", False)):
             await stack.conn.execute("select realtime.send($1::jsonb, 'INSERT', $2, $3)",
-                                     json.dumps({"to": to}), topic, private)
+                                     json.dumps({"to": to}), topic, is_private)
         got_public, got_private = await public.next(), await private.next()
         await stack.realtime.sync()
     assert got_public["payload"]["to"] == "public" and got_private["payload"]["to"] == "private"
