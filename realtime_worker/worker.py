@@ -33,8 +33,11 @@ from realtime_worker.queue import SupabaseQueue
 if TYPE_CHECKING:
     from supabase import AsyncClient
 
+    from realtime_worker.rpc import PostgrestRpc
+
 # Imported in a thread once the health server is up (they take seconds on a small machine).
-HEAVY_MODULES = ("httpx", "aiohttp", "supabase", "realtime", "postgrest", "realtime_worker.transport")
+HEAVY_MODULES = ("httpx", "aiohttp", "supabase", "realtime", "postgrest", "realtime_worker.transport",
+                 "realtime_worker.rpc")
 
 
 # Young-generation threshold once start-up is over (CPython's default is 700 allocations).
@@ -104,6 +107,14 @@ async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient
             await http.aclose()
 
 
+def queue_rpc(settings: WorkerSettings) -> AbstractAsyncContextManager[PostgrestRpc]:
+    """The queue's RPC client (plain aiohttp POSTs, its own connection pool)."""
+    from realtime_worker import rpc
+
+    return rpc.open_rpc(settings.supabase_url, settings.supabase_service_role_key.get_secret_value(),
+                        read_timeout=30.0, connect_timeout=5.0)
+
+
 class Worker:
     def __init__(self, settings: WorkerSettings, factory: ProcessorFactory | str, *,
                  metrics: Metrics | None = None, listener: ListenerSettings | None = None,
@@ -147,8 +158,8 @@ class Worker:
         factory = await anyio.to_thread.run_sync(_load, self._factory)
         if self._owns_process:
             settle_heap()
-        async with supabase_client(self.settings) as client:
-            queue = SupabaseQueue.from_client(client, self.metrics, self.health.mark_database_ok)
+        async with supabase_client(self.settings) as client, queue_rpc(self.settings) as rpc:
+            queue = SupabaseQueue(rpc, self.metrics, self.health.mark_database_ok)
             self.health.database_check = lambda: _ping(queue)
             if self.settings.pause_worker:
                 await self._paused()
