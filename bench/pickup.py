@@ -78,10 +78,11 @@ async def sequential(enqueue: Enqueue, starts: Starts, count: int) -> Committed:
     return committed
 
 
-async def open_loop(enqueue: Enqueue, starts: Starts, count: int, rng: random.Random) -> Committed:
-    """Jobs inserted at uniformly random times at ``OPEN_LOOP_RATE``; each one's commit."""
+async def open_loop(enqueue: Enqueue, starts: Starts, count: int, rng: random.Random,
+                    rate: float = OPEN_LOOP_RATE) -> Committed:
+    """Jobs inserted at uniformly random times at ``rate`` a second; each one's commit."""
     starts.clear()
-    offsets = sorted(rng.uniform(0, count / OPEN_LOOP_RATE) for _ in range(count))
+    offsets = sorted(rng.uniform(0, count / rate) for _ in range(count))
     origin, committed = time.monotonic(), {}
     for offset in offsets:
         await asyncio.sleep(max(0.0, origin + offset - time.monotonic()))
@@ -99,15 +100,17 @@ def our_producer(dsn: str) -> AbstractAsyncContextManager[Enqueue]:
 
 
 async def ours(ctx: Context, starts: Starts, key: str, label: str, args: tuple[str, ...], count: int,
-               poll_interval: str = "5", experiment: str | None = None, **env: str) -> Run:
+               poll_interval: str = "5", experiment: str | None = None, open_rate: float | None = None,
+               **env: str) -> Run:
     load = harness.load_average()
     async with harness.worker(ctx.stack, ctx.folder, key, args=args,
                               starts=starts.address, experiment=experiment or "claimed",
                               MAX_CONCURRENT_JOBS="64", POLL_INTERVAL_SECONDS=poll_interval, **env), \
             our_producer(ctx.stack.dsn) as enqueue:
-        if args:
-            committed = await open_loop(enqueue, starts, count, random.Random(7))
-            method = f"open loop, {count} jobs at {OPEN_LOOP_RATE:.0f}/s"
+        if args or open_rate:
+            rate = open_rate or OPEN_LOOP_RATE
+            committed = await open_loop(enqueue, starts, count, random.Random(7), rate)
+            method = f"open loop, {count} jobs at {rate:.0f}/s"
         else:
             committed = await sequential(enqueue, starts, count)
             method = f"sequential, {count} jobs + {WARM_UP} warm-up"

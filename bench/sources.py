@@ -5,9 +5,9 @@ of events dropped and the sockets cut; the idle cost of the Broadcast worker.
 Timing models (the devstack's ``realtime_timing`` knob): *immediate* delivers every change as its
 NOTIFY arrives (loopback, the floor); *server* models the real Realtime server: ``postgres_changes``
 wait for a replication poller (≤ 100 changes a poll, again at once after delivering some, 500 ms
-when idle), Broadcast is streamed. Pickups are sequential, as in ``pickup`` (one job, wait for its
-first line, 25 ms pause, next), so every ``postgres_changes`` job meets an idle poller: the worst
-case of a quiet project, which is what a coloring-page queue mostly is.
+when idle), Broadcast is streamed. Loopback pickups are sequential, as in ``pickup`` and for the
+peers (one job, wait for its first line, 25 ms pause, next); server-timing pickups are an open
+loop at 4 jobs/s (random arrival times), so a job meets the poller anywhere in its cycle.
 
 The Broadcast runs need the migration's trigger (``migrate --wakeup broadcast``); it is applied
 after the ``postgres_changes`` runs and dropped again at the end, so no other scenario pays for it.
@@ -37,6 +37,7 @@ DROP = 0.2
 CUT_EVERY = 4.0  # seconds between socket cuts in the drop run
 DROP_SWEEP = "5"  # the sweep interval of the drop run (seconds), so it ends in reasonable time
 DROP_RATE = 10.0  # jobs per second in the drop run
+SERVER_RATE = 4.0  # jobs per second in the server-timing pickups (open loop)
 SOURCES = ("postgres_changes", "broadcast")
 TIMINGS = ("immediate", "server")
 
@@ -72,12 +73,16 @@ async def timing(ctx: Context, model: str) -> None:
 
 
 async def source_runs(ctx: Context, starts: Starts, source: str, count: int) -> list[pickup.Run]:
+    """Loopback timing sequentially, as the peers; the server's timing in an open loop, so jobs
+    arrive at random moments of the poller's cycle (a sequential loop would lock onto it: each
+    next job would come right after an empty poll and always wait nearly the whole 500 ms)."""
     runs = []
     for model in TIMINGS:
         await timing(ctx, model)
-        n = count if model == "immediate" or source == "broadcast" else ctx.size(200, 40)
+        rate = SERVER_RATE if model == "server" else None
+        n = count if rate is None else ctx.size(300, 60)
         runs.append(await pickup.ours(ctx, starts, f"{source}-{model}", f"{source}, {model} timing", (),
-                                      n, WAKEUP_SOURCE=source))
+                                      n, open_rate=rate, WAKEUP_SOURCE=source))
     await timing(ctx, "immediate")
     return runs
 
@@ -171,8 +176,10 @@ def describe(ctx: Context, runs: list[pickup.Run], missed: list[Missed], idle: f
     section.table(("source", "jobs", "claimed", "claims by how they were found", "faults", "seconds"),
                   [(m.source, m.jobs, m.claimed, m.sources(), m.dropped, f"{m.seconds:.0f}") for m in missed])
     section.text(
-        "Pickup rows: as in *Pickup latency* (sequential, the worker in its own process, the unchanged "
-        "worker through `bench.experiments claimed`), with `WAKEUP_SOURCE` set and the devstack's "
+        "Pickup rows: as in *Pickup latency* (the worker in its own process, the unchanged worker "
+        "through `bench.experiments claimed`; loopback rows sequential like the peers', server-timing "
+        f"rows an open loop at {SERVER_RATE:.0f} jobs/s so jobs arrive anywhere in the poller's cycle), "
+        "with `WAKEUP_SOURCE` set and the devstack's "
         "`realtime_timing` fault knob at *immediate* (loopback: delivered as the NOTIFY arrives) or "
         "*server* (postgres_changes behind the modelled replication poller: at most 100 changes a poll, "
         "500 ms between polls when idle; Broadcast streamed, as the real server reads realtime.messages "
