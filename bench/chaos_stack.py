@@ -67,15 +67,16 @@ class EmbeddedPostgres:
     def admin_dsn(self) -> str:
         return self.server.dsn
 
-    def restart(self) -> float:
-        """``pg_ctl restart -m fast`` (every connection is cut); returns the seconds it took."""
+    def restart(self, mode: str = "fast") -> float:
+        """``pg_ctl restart -m fast`` (every connection is cut; ``immediate``: a crash, recovered
+        from the WAL on start); returns the seconds it took."""
         from pgserver import _commands  # a development dependency
         from pgserver.utils import PostmasterInfo
 
         embedded: Any = self.server.embedded
         pg_ctl: Any = _commands.__dict__["pg_ctl"]  # pgserver defines its commands at import
         started = time.monotonic()
-        pg_ctl(["-w", "-m", "fast", "-l", str(embedded.log), "restart"],
+        pg_ctl(["-w", "-m", mode, "-l", str(embedded.log), "restart"],
                          pgdata=embedded.pgdata, user=embedded.system_user, timeout=60)
         # pgserver remembers the old postmaster; without this it would not stop the new one.
         embedded._postmaster_info = PostmasterInfo.read_from_pgdata(embedded.pgdata)
