@@ -161,6 +161,7 @@ class Worker:
         async with supabase_client(self.settings) as client, queue_rpc(self.settings) as rpc:
             queue = SupabaseQueue(rpc, self.metrics, self.health.mark_database_ok)
             self.health.database_check = lambda: _ping(queue)
+            await self._check_wakeup_source(rpc)
             if self.settings.pause_worker:
                 await self._paused()
                 return
@@ -213,6 +214,27 @@ class Worker:
                     listener = Listener(self._listener_config(), dispatcher.wake, self.metrics,
                                         self.health)
                     tg.start_soon(listener.run)
+
+    async def _check_wakeup_source(self, rpc: PostgrestRpc) -> None:
+        """With ``WAKEUP_SOURCE=broadcast``, stop at once if the migration that sends the messages
+        is missing: the private join would succeed and every pickup silently wait for the sweep."""
+        s = self.settings
+        if s.worker_mode != "realtime" or s.wakeup_source != "broadcast" or s.pause_worker:
+            return
+        import httpx
+        from postgrest.exceptions import APIError
+
+        try:
+            await rpc("worker_broadcast_topic", {})
+        except APIError as exc:
+            if exc.code == "PGRST202":
+                raise ConfigError(
+                    "configuration error: WAKEUP_SOURCE=broadcast, but the Broadcast wake-up's"
+                    " migration is missing: run `realtime-worker migrate --wakeup broadcast`"
+                    " (or apply `realtime-worker sql --wakeup broadcast`)") from None
+            logger.bind(event="wakeup_check_failed").warning(f"{exc.code} {exc.message}")
+        except httpx.HTTPError as exc:  # unreachable for now: the sweep and the listener retry
+            logger.bind(event="wakeup_check_failed").warning(f"{type(exc).__name__}: {exc}")
 
     def _listener_config(self) -> ListenerSettings:
         if self._listener_settings is not None:

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from realtime_worker import migrate
+from realtime_worker.errors import ConfigError
 from realtime_worker.health import HealthState
 from realtime_worker.listener import Listener
 from realtime_worker.metrics import Metrics
@@ -306,3 +307,10 @@ async def test_broadcast_listener_replays_what_it_missed_and_ignores_duplicates(
     assert [w for w in wakes if w[0] == seen] == [(seen, "realtime")]  # replayed again, ignored
     assert subject.duplicates >= 1
     assert subject.subscriptions >= 2
+
+
+async def test_broadcast_without_its_migration_stops_the_worker_with_the_fix(devstack: Devstack) -> None:
+    stops = pytest.RaisesExc(ConfigError, match="migrate --wakeup broadcast")
+    with pytest.RaisesGroup(stops, flatten_subgroups=True):  # from inside the worker's task group
+        async with running_worker(devstack, WAKEUP_SOURCE="broadcast"):
+            pass

@@ -44,3 +44,13 @@ create policy worker_jobs_topic_not_for_users on realtime.messages
   as restrictive for all to anon, authenticated
   using (topic is distinct from 'worker:jobs')
   with check (topic is distinct from 'worker:jobs');
+
+-- The worker asks for this at start when WAKEUP_SOURCE=broadcast: without this migration no
+-- message would ever come (service_role may join any private topic) and every pickup would
+-- silently wait for the sweep; PostgREST's "function not found" makes it stop with the fix.
+create or replace function public.worker_broadcast_topic() returns text
+language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  select 'worker:jobs'::text
+$$;
+revoke all on function public.worker_broadcast_topic() from public, anon, authenticated;
+grant execute on function public.worker_broadcast_topic() to service_role;
