@@ -190,7 +190,9 @@ def describe(ctx: Context, runs: list[pickup.Run], missed: list[Missed], idle: f
         "whose claim reached the worker; *replay* claims were woken by a message the server replayed "
         "on a rejoin, *catchup* by the claim after each resubscription, *sweep* by the timer.",
         f"Idle Broadcast worker: {idle:.1f} database requests a minute (the sweep; the websocket's "
-        "heartbeats and the server's replay query are not requests of the worker).")
+        "heartbeats and the server's replay query are not requests of the worker).",
+        "What these mean on a real project (the network both ways, the real poller, the default "
+        "and why): `docs/realtime-sources.md`.")
     return section
 
 
