@@ -1,12 +1,17 @@
 """A hinted claim commits asynchronously (migration 0021): a Postgres crash right after it loses
-the claim, and losing it is harmless. A real crash (``pg_ctl restart -m immediate``) of this
-test's own embedded Postgres, never the shared one."""
+the claim, and losing it is harmless. A real crash of this test's own embedded Postgres, never
+the shared one: the WAL writer is stopped (SIGSTOP) before the claim, so nothing flushes an
+asynchronous commit, then killed (SIGKILL: the postmaster resets every process) and the server
+restarted in immediate mode; it recovers from the WAL on disk, as after any server crash."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -20,11 +25,27 @@ pytestmark = pytest.mark.integration
 
 OLD, NEW = "worker-a#p1.1", "worker-a#p2.1"  # the same worker id, two claims
 RESULT = json.dumps({"model": "m", "cost_cents": 4, "assets": []})
-# The WAL writer flushes asynchronous commits every wal_writer_delay (10 s at most): the crash
-# comes well inside that. The background writer and autovacuum are off so nothing else flushes
-# the claim's WAL (writing a data page flushes the WAL up to it first).
-SLOW_WAL_WRITER = ("alter system set wal_writer_delay = '10s'",
-                   "alter system set bgwriter_lru_maxpages = 0", "alter system set autovacuum = off")
+# With the WAL writer stopped, only these could still flush the claim's WAL (writing a data page
+# flushes the WAL up to it first): the background writer and autovacuum are off.
+WALWRITER = "select pid from pg_stat_activity where backend_type = 'walwriter'"
+QUIET = ("alter system set bgwriter_lru_maxpages = 0", "alter system set autovacuum = off")
+
+
+async def crash_after(server: EmbeddedPostgres, dsn: str,
+                      action: Callable[[asyncpg.Connection], Awaitable[Any]]) -> None:
+    """``action`` with the WAL writer stopped, then the crash; returns once Postgres is back."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        walwriter = await conn.fetchval(WALWRITER)
+        os.kill(walwriter, signal.SIGSTOP)
+        try:
+            await action(conn)
+        finally:
+            os.kill(walwriter, signal.SIGKILL)  # a server process crashed: Postgres resets them all
+    finally:
+        conn.terminate()  # its server process is about to go
+    # and an immediate restart, so the test knows when recovery is over (pg_ctl -w waits for it)
+    await anyio.to_thread.run_sync(server.restart, "immediate")
 
 
 @pytest.fixture
@@ -41,7 +62,7 @@ async def prepared(server: EmbeddedPostgres) -> str:
     conn = await asyncpg.connect(dsn)
     try:
         await postgres.install_schema(conn)
-        for statement in SLOW_WAL_WRITER:
+        for statement in QUIET:
             await conn.execute(statement)
         await conn.execute("select pg_reload_conf()")
     finally:
@@ -55,10 +76,13 @@ async def test_a_claim_lost_in_a_crash_comes_back_once_and_costs_no_credit(
     conn = await asyncpg.connect(dsn)
     user = await make_user(conn)
     job_id = await insert_job(conn, user)  # committed synchronously, as the app's insert is
-    claimed = await conn.fetch("select id from worker_claim_job($1, $2, 60)", job_id, OLD)
-    assert [r["id"] for r in claimed] == [job_id]
     await conn.close()
-    await anyio.to_thread.run_sync(server.restart, "immediate")  # crash, then recovery
+
+    async def claim(conn: asyncpg.Connection) -> None:
+        claimed = await conn.fetch("select id from worker_claim_job($1, $2, 60)", job_id, OLD)
+        assert [r["id"] for r in claimed] == [job_id]
+
+    await crash_after(server, dsn, claim)
 
     conn = await asyncpg.connect(dsn)
     try:
@@ -83,10 +107,14 @@ async def test_the_other_writes_survive_the_same_crash(server: EmbeddedPostgres)
     conn = await asyncpg.connect(dsn)
     user = await make_user(conn)
     job_id = await insert_job(conn, user)
-    await conn.fetch("select id from worker_claim_jobs($1, 10, 60)", OLD)  # the sweep's claim
-    assert await conn.fetchval("select worker_fail_job($1, $2, 'x', 'x', null)", job_id, OLD) == "failed"
     await conn.close()
-    await anyio.to_thread.run_sync(server.restart, "immediate")
+
+    async def claim_and_fail(conn: asyncpg.Connection) -> None:
+        await conn.fetch("select id from worker_claim_jobs($1, 10, 60)", OLD)  # the sweep's claim
+        assert await conn.fetchval("select worker_fail_job($1, $2, 'x', 'x', null)",
+                                   job_id, OLD) == "failed"
+
+    await crash_after(server, dsn, claim_and_fail)
 
     conn = await asyncpg.connect(dsn)
     try:
