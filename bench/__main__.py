@@ -24,7 +24,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from bench import existing, harness, idle, memory, photo_burst, pickup, startup, throughput
+from bench import existing, harness, idle, memory, photo_burst, pickup, sources, startup, throughput
 from bench.context import Context
 from bench.report import Results, load, markdown, merge, write
 
@@ -33,6 +33,7 @@ Scenario = Callable[[Context], Awaitable[None]]
 # Run order: the latency-sensitive scenario first, on a quiet machine.
 WITH_STACK: dict[str, Scenario] = {
     pickup.NAME: pickup.run,
+    sources.NAME: sources.run,
     throughput.NAME: throughput.run,
     idle.NAME: idle.run,
     memory.NAME: memory.run,

@@ -68,9 +68,10 @@ class EmbeddedPostgres:
     def admin_dsn(self) -> str:
         return self.server.dsn
 
-    def restart(self) -> float:
-        """``pg_ctl restart -m fast`` (every connection is cut); returns the seconds it took."""
-        return self._pg_ctl("restart")
+    def restart(self, mode: str = "fast") -> float:
+        """``pg_ctl restart -m fast`` (every connection is cut; ``immediate``: a crash, recovered
+        from the WAL on start); returns the seconds it took."""
+        return self._pg_ctl("restart", mode=mode)
 
     def halt(self) -> float:
         """``pg_ctl stop -m fast``: an outage that lasts until :meth:`resume`."""
@@ -86,15 +87,15 @@ class EmbeddedPostgres:
             del args[at:at + 2]
         return self._pg_ctl("start", "-o", shlex.join(args))
 
-    def _pg_ctl(self, action: str, *options: str) -> float:
+    def _pg_ctl(self, action: str, *options: str, mode: str = "fast") -> float:
         from pgserver import _commands  # a development dependency
         from pgserver.utils import PostmasterInfo
 
         embedded: Any = self.server.embedded
         pg_ctl: Any = _commands.__dict__["pg_ctl"]  # pgserver defines its commands at import
         started = time.monotonic()
-        mode = ["-m", "fast"] if action != "start" else []
-        pg_ctl(["-w", *mode, *options, "-l", str(embedded.log), action],
+        stop = ["-m", mode] if action != "start" else []
+        pg_ctl(["-w", *stop, *options, "-l", str(embedded.log), action],
                pgdata=embedded.pgdata, user=embedded.system_user, timeout=60)
         if action != "stop":
             # pgserver remembers the old postmaster; without this it would not stop the new one.

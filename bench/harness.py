@@ -139,7 +139,7 @@ def free_port() -> int:
 # a child gets only what its scenario sets.
 _OWN_PREFIXES = ("SUPABASE", "NEXT_PUBLIC", "GEMINI", "DATABASE_URL", "WORKER_", "PAUSE_WORKER",
                  "MAX_CONCURRENT", "POLL_", "SWEEP_", "LEASE_", "LOG_", "PORT", "SHUTDOWN_",
-                 "IMAGE_THREADS", "CLEAN_LINE_ART")
+                 "IMAGE_THREADS", "CLEAN_LINE_ART", "WAKEUP_")
 
 
 def base_env() -> dict[str, str]:
@@ -222,6 +222,19 @@ async def devstack(dsn: str, folder: Path) -> AsyncIterator[Stack]:
         yield Stack(child, read_env_file(env_file), dsn)
     finally:
         await child.stop()
+
+
+def admin(stack: Stack, path: str, body: dict[str, object] | None = None) -> None:
+    """POST to the devstack's ``/admin`` (``faults``, ``realtime/cut`` …) with the service key."""
+    request = urllib.request.Request(f"{stack.url}/admin/{path}", data=json.dumps(body or {}).encode(),
+                                     method="POST", headers={"apikey": stack.env["SUPABASE_SERVICE_ROLE_KEY"],
+                                                             "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:  # loopback only
+        response.read()
+
+
+def set_faults(stack: Stack, changes: dict[str, object]) -> None:
+    admin(stack, "faults", changes)
 
 
 async def wait_until(check: Callable[[], bool], within: float, child: Child | None, what: str) -> float:

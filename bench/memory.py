@@ -10,9 +10,7 @@ RSS (``VmRSS`` of the worker process) is sampled every 0.2 s with ``worker_jobs_
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +20,7 @@ import asyncpg
 
 from bench import harness
 from bench.context import Context
-from bench.harness import Stack, Worker
+from bench.harness import Stack, Worker, set_faults
 from bench.report import Section
 
 NAME = "memory"
@@ -38,14 +36,6 @@ class Footprint:
     peak_mib: float  # highest RSS until every job ended
     most_in_flight: int
     seconds: float
-
-
-def set_faults(stack: Stack, changes: dict[str, object]) -> None:
-    request = urllib.request.Request(f"{stack.url}/admin/faults", data=json.dumps(changes).encode(),
-                                     method="POST", headers={"apikey": stack.env["SUPABASE_SERVICE_ROLE_KEY"],
-                                                             "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:  # loopback only
-        response.read()
 
 
 @asynccontextmanager

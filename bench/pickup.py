@@ -78,10 +78,11 @@ async def sequential(enqueue: Enqueue, starts: Starts, count: int) -> Committed:
     return committed
 
 
-async def open_loop(enqueue: Enqueue, starts: Starts, count: int, rng: random.Random) -> Committed:
-    """Jobs inserted at uniformly random times at ``OPEN_LOOP_RATE``; each one's commit."""
+async def open_loop(enqueue: Enqueue, starts: Starts, count: int, rng: random.Random,
+                    rate: float = OPEN_LOOP_RATE) -> Committed:
+    """Jobs inserted at uniformly random times at ``rate`` a second; each one's commit."""
     starts.clear()
-    offsets = sorted(rng.uniform(0, count / OPEN_LOOP_RATE) for _ in range(count))
+    offsets = sorted(rng.uniform(0, count / rate) for _ in range(count))
     origin, committed = time.monotonic(), {}
     for offset in offsets:
         await asyncio.sleep(max(0.0, origin + offset - time.monotonic()))
@@ -99,15 +100,17 @@ def our_producer(dsn: str) -> AbstractAsyncContextManager[Enqueue]:
 
 
 async def ours(ctx: Context, starts: Starts, key: str, label: str, args: tuple[str, ...], count: int,
-               poll_interval: str = "5", experiment: str | None = None) -> Run:
+               poll_interval: str = "5", experiment: str | None = None, open_rate: float | None = None,
+               **env: str) -> Run:
     load = harness.load_average()
     async with harness.worker(ctx.stack, ctx.folder, key, args=args,
                               starts=starts.address, experiment=experiment or "claimed",
-                              MAX_CONCURRENT_JOBS="64", POLL_INTERVAL_SECONDS=poll_interval), \
+                              MAX_CONCURRENT_JOBS="64", POLL_INTERVAL_SECONDS=poll_interval, **env), \
             our_producer(ctx.stack.dsn) as enqueue:
-        if args:
-            committed = await open_loop(enqueue, starts, count, random.Random(7))
-            method = f"open loop, {count} jobs at {OPEN_LOOP_RATE:.0f}/s"
+        if args or open_rate:
+            rate = open_rate or OPEN_LOOP_RATE
+            committed = await open_loop(enqueue, starts, count, random.Random(7), rate)
+            method = f"open loop, {count} jobs at {rate:.0f}/s"
         else:
             committed = await sequential(enqueue, starts, count)
             method = f"sequential, {count} jobs + {WARM_UP} warm-up"
@@ -142,7 +145,7 @@ async def theirs(ctx: Context, starts: Starts, competitor: Competitor, count: in
 
 HOPS = (("INSERT committed → Realtime callback in the worker", "", "trace:event:"),
         ("callback → claim RPC sent (dispatcher wake-up)", "trace:event:", "trace:claim-sent:"),
-        ("claim RPC round trip (supabase-py → devstack → worker_claim_job)", "trace:claim-sent:",
+        ("claim RPC round trip (aiohttp POST → devstack → worker_claim_job)", "trace:claim-sent:",
          CLAIMED),
         ("claim returned → processor's first line", CLAIMED, ""))
 
@@ -199,8 +202,6 @@ async def measure(ctx: Context) -> list[Run]:
         runs.append(await ours(ctx, starts, "realtime", "realtime-worker, realtime mode", (),
                                sequential_count))
         runs += await competitors(ctx, starts, sequential_count)
-        runs.append(await ours(ctx, starts, "aiohttp", "what-if: realtime mode, RPC over aiohttp", (),
-                               sequential_count, experiment="aiohttp-rpc"))
         runs.append(await ours(ctx, starts, "traced", "realtime mode, traced hop by hop", (),
                                ctx.size(300, 50), experiment="trace"))
         runs.append(await ours(ctx, starts, "poll1", "realtime-worker, poll-only 1 s", ("--poll-only",),
@@ -240,10 +241,6 @@ def describe(ctx: Context, runs: list[Run]) -> Section:
         "unchanged worker, with that report added to its queue) with "
         "`MAX_CONCURRENT_JOBS=64`, `LOG_LEVEL=INFO`, `LOG_FORMAT=json`, against the devstack in "
         "its own process (Realtime over a websocket, RPC over PostgREST-style HTTP).",
-        "The *what-if* row runs the same worker through `bench/experiments.py`, which swaps only the "
-        "path of the `worker_*` RPCs (supabase-py's PostgREST client, on the worker's aiohttp transport → "
-        "plain aiohttp POSTs with the same headers, body and error mapping); it is not a configuration "
-        "the worker ships, because the design sends the queue through the Supabase client.",
         f"Reference: {ANCHORS}.")
     for run in runs:
         if run.split:

@@ -33,7 +33,7 @@ from realtime_worker.paths import ObjectPath
 from realtime_worker.pipeline import Pipeline, gemini_generator, render_outputs
 from realtime_worker.queue import JobQueue, SupabaseQueue
 from realtime_worker.storage import Storage, SupabaseStorage
-from realtime_worker.worker import supabase_client
+from realtime_worker.worker import queue_rpc, supabase_client
 from realtime_worker_devstack import users
 from realtime_worker_devstack.server import Devstack, running
 
@@ -134,12 +134,12 @@ def settings_for(stack: Devstack) -> WorkerSettings:
 
 async def drain(stack: Devstack, samples: Samples) -> list[float]:
     settings, metrics = settings_for(stack), Metrics()
-    async with supabase_client(settings) as client:
+    async with supabase_client(settings) as client, queue_rpc(settings) as rpc:
         generator = TimedGenerator(gemini_generator(settings), samples)
         pipeline = Pipeline(generator=generator, storage=TimedStorage(SupabaseStorage(client), samples),
                             assets=SupabaseAssets(client), settings=settings, metrics=metrics,
                             limiter=anyio.CapacityLimiter(1))
-        queue = TimedQueue(SupabaseQueue.from_client(client, metrics), samples)
+        queue = TimedQueue(SupabaseQueue(rpc, metrics), samples)
         dispatcher = Dispatcher(queue, pipeline, DispatcherSettings(
             worker_id="bench", max_concurrent_jobs=1, lease_seconds=60), metrics)
         try:

@@ -36,7 +36,7 @@ def _tool_settings() -> config.ToolSettings:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     """Print the migration SQL, for projects that manage migrations with the Supabase CLI."""
-    sys.stdout.write(sql.full_script(harden=args.harden))
+    sys.stdout.write(sql.full_script(harden=args.harden, wakeup=args.wakeup))
     return 0
 
 
@@ -46,7 +46,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if settings.database_url is None:
         raise ConfigError("configuration error: DATABASE_URL is missing")
     dsn = settings.database_url.get_secret_value()
-    applied = anyio.run(lambda: migrate.migrate(dsn, force=args.force, harden=args.harden))
+    applied = anyio.run(lambda: migrate.migrate(dsn, force=args.force, harden=args.harden,
+                                                wakeup=args.wakeup))
     for item in applied:
         state = "already applied" if item.skipped else "applied"
         print(f"{item.version}_{item.name}: {state}")
@@ -184,16 +185,24 @@ def _chosen(argv: Sequence[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
+def _add_wakeup(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wakeup", choices=("postgres_changes", "broadcast"), default="postgres_changes",
+                        help="broadcast adds the Broadcast wake-up's trigger and realtime.messages"
+                             " policies (for WAKEUP_SOURCE=broadcast)")
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     wanted = _chosen(argv)
     parser = argparse.ArgumentParser(prog="realtime-worker", description=__doc__.splitlines()[0])
     subs = parser.add_subparsers(dest="command", required=True)
     p = subs.add_parser("sql", help=cmd_sql.__doc__)
     _add_harden(p)
+    _add_wakeup(p)
     p.set_defaults(func=cmd_sql)
     p = subs.add_parser("migrate", help=cmd_migrate.__doc__)
     p.add_argument("--force", action="store_true", help="re-apply migrations already recorded")
     _add_harden(p)
+    _add_wakeup(p)
     p.set_defaults(func=cmd_migrate)
     _add_run(subs)
     _add_job_tools(subs)

@@ -112,6 +112,8 @@ class WorkerSettings(ToolSettings):
     gemini_timeout_seconds: float = Field(120.0, validation_alias="GEMINI_TIMEOUT_SECONDS", gt=0)
     job_timeout_seconds: float = Field(300.0, validation_alias="JOB_TIMEOUT_SECONDS", gt=0)
     worker_mode: Literal["realtime", "poll"] = Field("realtime", validation_alias="WORKER_MODE")
+    wakeup_source: Literal["postgres_changes", "broadcast"] = Field(
+        "postgres_changes", validation_alias="WAKEUP_SOURCE")
     poll_interval_seconds: float = Field(5.0, validation_alias="POLL_INTERVAL_SECONDS", gt=0)
     sweep_interval_seconds: float = Field(30.0, validation_alias="SWEEP_INTERVAL_SECONDS", gt=0)
     max_concurrent_jobs: int = Field(4, validation_alias="MAX_CONCURRENT_JOBS", ge=1, le=512)

@@ -1,5 +1,6 @@
-"""The one Realtime channel shape: ``postgres_changes`` INSERT on ``public.jobs``, on an official
-supabase client, closed quietly whatever happened. The listener and ``check`` both open it.
+"""The Realtime channel shape of the worker: ``postgres_changes`` INSERT on ``public.jobs``, on an
+official supabase client, closed quietly whatever happened. The listener and ``check`` both open
+it (the listener's Broadcast source opens its private channel on the same client).
 
 supabase and realtime are imported when a channel is opened: they take a while to import, and
 the worker loads them in the background after its health server is up.
@@ -21,23 +22,39 @@ if TYPE_CHECKING:
 
 
 @asynccontextmanager
-async def jobs_inserts(url: str, key: str, channel_name: str, options: RealtimeClientOptions,
-                       on_insert: Callable[[Any], None], on_system: Callable[[Any], None],
-                       ) -> AsyncIterator[tuple[AsyncClient, AsyncRealtimeChannel]]:
-    """A client and a channel with the insert and system callbacks bound, not yet subscribed."""
-    from realtime.types import RealtimePostgresChangesListenEvent
+async def jobs_client(url: str, key: str, options: RealtimeClientOptions) -> AsyncIterator[AsyncClient]:
+    """An official async client for the project, closed quietly whatever happened."""
     from supabase import AsyncClientOptions, acreate_client
 
     client = await acreate_client(url, key, options=AsyncClientOptions(realtime=options))
     try:
-        channel = client.channel(channel_name)
-        channel.on_postgres_changes(RealtimePostgresChangesListenEvent.Insert, schema="public",
-                                    table="jobs", callback=on_insert)
-        channel.on_system(on_system)
-        yield client, channel
+        yield client
     finally:
         with anyio.move_on_after(2, shield=True):
             await close_quietly(client)
+
+
+def jobs_inserts_channel(client: AsyncClient, channel_name: str,
+                         on_insert: Callable[[Any], None]) -> AsyncRealtimeChannel:
+    """The channel of ``postgres_changes`` INSERTs on ``public.jobs``, not yet subscribed."""
+    from realtime.types import RealtimePostgresChangesListenEvent
+
+    channel = client.channel(channel_name)
+    channel.on_postgres_changes(RealtimePostgresChangesListenEvent.Insert, schema="public",
+                                table="jobs", callback=on_insert)
+    return channel
+
+
+@asynccontextmanager
+async def jobs_inserts(url: str, key: str, channel_name: str, options: RealtimeClientOptions,
+                       on_insert: Callable[[Any], None], on_system: Callable[[Any], None],
+                       ) -> AsyncIterator[tuple[AsyncClient, AsyncRealtimeChannel]]:
+    """A client and its insert channel with the insert and system callbacks bound, not yet
+    subscribed."""
+    async with jobs_client(url, key, options) as client:
+        channel = jobs_inserts_channel(client, channel_name, on_insert)
+        channel.on_system(on_system)
+        yield client, channel
 
 
 async def close_quietly(client: AsyncClient) -> None:

@@ -1,4 +1,11 @@
-"""The Realtime listener: ``postgres_changes`` INSERT on ``public.jobs`` turned into wake-ups.
+"""The Realtime listener: INSERTs on ``public.jobs`` turned into wake-ups, from one of two sources.
+
+``postgres_changes`` (the default) subscribes to INSERT on ``public.jobs``. ``broadcast`` joins
+the private channel ``worker:jobs`` that the Broadcast wake-up migration's trigger sends to
+(``realtime.send``, one message per queued job); every (re)join asks the server to replay the
+messages since the listener last knew it was receiving (``config.broadcast.replay``, at most 25),
+and messages are told apart by their id (``meta.id``), so a replayed one wakes nothing twice.
+The sweep stays the truth with either source: events are hints, and both sources lose some.
 
 The callbacks only signal: they never await, never raise and do no I/O (a raising callback
 would silently kill realtime-py's delivery). A supervisor watches the socket and the channel
@@ -18,16 +25,17 @@ from __future__ import annotations
 import functools
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 from uuid import UUID
 
 import anyio
 from loguru import logger
 
 from realtime_worker.health_state import RealtimeLink
-from realtime_worker.jobs_channel import jobs_inserts
+from realtime_worker.jobs_channel import jobs_client, jobs_inserts_channel
 from realtime_worker.metrics import Metrics
 from realtime_worker.retry import Backoff, reconnect_delay
 
@@ -35,13 +43,24 @@ if TYPE_CHECKING:
     from supabase.types import RealtimeClientOptions
 
 Wake = Callable[[UUID | None, str], None]
+Source = Literal["postgres_changes", "broadcast"]
+
+BROADCAST_TOPIC = "worker:jobs"  # fixed by the migration 0020_broadcast_wakeup
+REPLAY_LIMIT = 25  # the most the server replays per join
 
 
 @dataclass(frozen=True, kw_only=True)
 class ListenerSettings:
     url: str
     key: str
+    source: Source = "postgres_changes"
     channel: str = "jobs-worker"
+    topic: str = BROADCAST_TOPIC
+    # Replay from this long before the listener last knew it was receiving: a job's message is
+    # stamped with its transaction's start (now()), which may precede the commit, and the two
+    # clocks (database, worker) differ a little. Duplicates this brings back are dropped by id.
+    replay_margin_seconds: float = 10.0
+    seen_ids: int = 4096  # message ids remembered for dedupe
     rebuild_after_seconds: float = 10.0
     subscribe_timeout_seconds: float = 15.0
     backoff_initial_seconds: float = 0.5
@@ -64,6 +83,31 @@ def job_id_of(payload: Any) -> UUID | None:
     return UUID(str(record["id"]))
 
 
+def broadcast_job_id(message: Any) -> UUID | None:
+    """The job a Broadcast message announces: ``{"job_id"}`` as our trigger sends it, or the row
+    of a ``realtime.broadcast_changes`` trigger; None when it names none."""
+    body = message["payload"]
+    if "job_id" in body:
+        return UUID(str(body["job_id"]))
+    return job_id_of({"data": body})
+
+
+class SeenIds:
+    """The last ``size`` message ids, to drop a message delivered twice (live, then replayed)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, message_id: str) -> bool:
+        if message_id in self._ids:
+            return False
+        self._ids[message_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True
+
+
 def _field(payload: Any, name: str) -> Any:
     if isinstance(payload, dict):
         return payload.get(name)
@@ -82,6 +126,11 @@ class Listener:
         self._closed = False
         self._generation = 0  # of the current session; callbacks of older ones are ignored
         self.subscriptions = 0
+        self.duplicates = 0
+        self._seen = SeenIds(settings.seen_ids)
+        # The join payload holds this very dict, and realtime-py sends the join again on every
+        # rejoin: keeping ``since`` current here is what makes each rejoin ask for the right replay.
+        self._replay: dict[str, int] = {"since": self._since_ms(), "limit": REPLAY_LIMIT}
 
     # -- callbacks: synchronous, never raise --------------------------------------------------
     # An insert is news whichever session brings it; state and system callbacks name theirs.
@@ -94,6 +143,21 @@ class Listener:
             job_id = None  # a malformed event is still a hint that work may exist
         try:
             self._wake(job_id, "realtime" if job_id else "catchup")
+        except Exception:
+            logger.bind(event="wake_failed").exception("could not wake the dispatcher")
+
+    def on_broadcast(self, message: Any) -> None:
+        try:
+            meta = message.get("meta") or {}
+            if meta.get("id") is not None and not self._seen.first_time(str(meta["id"])):
+                self.duplicates += 1
+                return
+            self._metrics.events.inc()
+            job_id = broadcast_job_id(message)
+        except Exception:
+            job_id, meta = None, {}
+        try:
+            self._wake(job_id, ("replay" if meta.get("replayed") else "realtime") if job_id else "catchup")
         except Exception:
             logger.bind(event="wake_failed").exception("could not wake the dispatcher")
 
@@ -115,7 +179,9 @@ class Listener:
             return  # e.g. the CLOSED of an older session's phx_leave timing out
         try:
             name = str(getattr(state, "value", state))
-            self._db_subscribed = False  # SUBSCRIBED precedes the database subscription
+            # postgres_changes: SUBSCRIBED precedes the database subscription (a system message
+            # follows); a Broadcast channel receives as soon as the join is accepted.
+            self._db_subscribed = self._s.source == "broadcast" and name == "SUBSCRIBED"
             self._closed = self._closed or name == "CLOSED"
             logger.bind(event="realtime_state", state=name).info(
                 f"channel {name}" + (f": {error}" if error else ""))
@@ -143,8 +209,9 @@ class Listener:
         self._db_subscribed, self._closed = False, False
         on_system = functools.partial(self.on_system, self._generation)
         try:
-            async with jobs_inserts(self._s.url, self._s.key, self._s.channel,
-                                    self._client_options(), self.on_insert, on_system) as (client, channel):
+            async with jobs_client(self._s.url, self._s.key, self._client_options()) as client:
+                channel = self._channel(client)
+                channel.on_system(on_system)
                 try:
                     with anyio.move_on_after(self._s.subscribe_timeout_seconds):
                         await channel.subscribe(functools.partial(self.on_state, self._generation))
@@ -154,6 +221,17 @@ class Listener:
         except Exception as exc:
             logger.bind(event="realtime_error").warning(f"{type(exc).__name__}: {exc}")
             return False
+
+    def _channel(self, client: Any) -> Any:
+        if self._s.source == "broadcast":
+            config = {"broadcast": {"ack": False, "self": False, "replay": self._replay},
+                      "presence": {"key": "", "enabled": False}, "private": True}
+            return client.channel(self._s.topic, {"config": config}).on_broadcast(
+                "INSERT", self.on_broadcast)
+        return jobs_inserts_channel(client, self._s.channel, self.on_insert)
+
+    def _since_ms(self) -> int:
+        return int((time.time() - self._s.replay_margin_seconds) * 1000)
 
     def _client_options(self) -> RealtimeClientOptions:
         # AsyncRealtimeClient takes ``timeout``; supabase passes it on but its TypedDict omits it.
@@ -174,6 +252,7 @@ class Listener:
                 self._wake(None, "catchup")
             if healthy:
                 broken_since = None
+                self._replay["since"] = self._since_ms()
             else:
                 self._set_subscribed(False)
                 broken_since = broken_since or time.monotonic()

@@ -1,7 +1,7 @@
 """The database contract (the ``worker_*`` functions) behind one port.
 
 :class:`JobQueue` is what the dispatcher and sweeper use; :class:`SupabaseQueue` is the real
-adapter (PostgREST RPC through the official Supabase client). ``testing.InMemoryQueue``
+adapter (PostgREST RPC as plain aiohttp POSTs, ``realtime_worker.rpc``). ``testing.InMemoryQueue``
 implements the same port for tests of the core.
 """
 
@@ -56,15 +56,6 @@ class SupabaseQueue:
         self._rpc = rpc
         self._metrics = metrics
         self._on_success = on_success
-
-    @classmethod
-    def from_client(cls, client: Any, metrics: Metrics | None = None,
-                    on_success: Callable[[], None] | None = None) -> SupabaseQueue:
-        async def rpc(name: str, params: dict[str, Any]) -> Any:
-            response = await client.rpc(name, params).execute()
-            return response.data
-
-        return cls(rpc, metrics, on_success)
 
     async def _call(self, name: str, params: dict[str, Any]) -> Any:
         if self._metrics is not None:

@@ -38,8 +38,11 @@ from realtime_worker.run import Processor
 if TYPE_CHECKING:
     from supabase import AsyncClient
 
+    from realtime_worker.rpc import PostgrestRpc
+
 # Imported in a thread once the health server is up (they take seconds on a small machine).
-HEAVY_MODULES = ("httpx", "aiohttp", "supabase", "realtime", "postgrest", "realtime_worker.transport")
+HEAVY_MODULES = ("httpx", "aiohttp", "supabase", "realtime", "postgrest", "realtime_worker.transport",
+                 "realtime_worker.rpc")
 
 
 # The longest one REST or Storage call may take, whole (each read has 30 s besides): inputs and
@@ -146,6 +149,14 @@ async def supabase_client(settings: WorkerSettings) -> AsyncIterator[AsyncClient
             await http.aclose()
 
 
+def queue_rpc(settings: WorkerSettings) -> AbstractAsyncContextManager[PostgrestRpc]:
+    """The queue's RPC client (plain aiohttp POSTs, its own connection pool)."""
+    from realtime_worker import rpc
+
+    return rpc.open_rpc(settings.supabase_url, settings.supabase_service_role_key.get_secret_value(),
+                        read_timeout=30.0, connect_timeout=5.0, total_timeout=HTTP_TOTAL_SECONDS)
+
+
 class Worker:
     def __init__(self, settings: WorkerSettings, factory: ProcessorFactory | str, *,
                  metrics: Metrics | None = None, listener: ListenerSettings | None = None,
@@ -212,9 +223,10 @@ class Worker:
             return
         if self._owns_process:
             settle_heap()
-        async with supabase_client(self.settings) as client:
-            queue = SupabaseQueue.from_client(client, self.metrics, self.health.database.mark_ok)
+        async with supabase_client(self.settings) as client, queue_rpc(self.settings) as rpc:
+            queue = SupabaseQueue(rpc, self.metrics, self.health.database.mark_ok)
             self._queue = queue
+            await self._check_wakeup_source(rpc)
             if self.settings.pause_worker:
                 await self._paused()
                 return
@@ -275,11 +287,33 @@ class Worker:
                                         self.health.realtime)
                     tg.start_soon(listener.run)
 
+    async def _check_wakeup_source(self, rpc: PostgrestRpc) -> None:
+        """With ``WAKEUP_SOURCE=broadcast``, stop at once if the migration that sends the messages
+        is missing: the private join would succeed and every pickup silently wait for the sweep."""
+        s = self.settings
+        if s.worker_mode != "realtime" or s.wakeup_source != "broadcast" or s.pause_worker:
+            return
+        import httpx
+        from postgrest.exceptions import APIError
+
+        try:
+            await rpc("worker_broadcast_topic", {})
+        except APIError as exc:
+            if exc.code == "PGRST202":
+                raise ConfigError(
+                    "configuration error: WAKEUP_SOURCE=broadcast, but the Broadcast wake-up's"
+                    " migration is missing: run `realtime-worker migrate --wakeup broadcast`"
+                    " (or apply `realtime-worker sql --wakeup broadcast`)") from None
+            logger.bind(event="wakeup_check_failed").warning(f"{exc.code} {exc.message}")
+        except httpx.HTTPError as exc:  # unreachable for now: the sweep and the listener retry
+            logger.bind(event="wakeup_check_failed").warning(f"{type(exc).__name__}: {exc}")
+
     def _listener_config(self) -> ListenerSettings:
         if self._listener_settings is not None:
             return self._listener_settings
         return ListenerSettings(url=self.settings.supabase_url,
-                                key=self.settings.supabase_service_role_key.get_secret_value())
+                                key=self.settings.supabase_service_role_key.get_secret_value(),
+                                source=self.settings.wakeup_source)
 
     def _dispatcher_settings(self) -> DispatcherSettings:
         s = self.settings

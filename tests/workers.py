@@ -44,8 +44,9 @@ def listener_settings(devstack: Devstack, **overrides: Any) -> ListenerSettings:
 async def running_worker(devstack: Devstack, *, listener: ListenerSettings | None = None,
                          **env: str) -> AsyncIterator[tuple[Worker, int]]:
     """An in-process worker with the scripted processor; yields it and its health port."""
+    source = env.get("WAKEUP_SOURCE", "postgres_changes")
     worker = Worker(settings(devstack, **env), scripted,
-                    listener=listener or listener_settings(devstack))
+                    listener=listener or listener_settings(devstack, source=source))
     async with anyio.create_task_group() as tg:
         port = await tg.start(functools.partial(worker.run, host="127.0.0.1", install_signals=False))
         try:

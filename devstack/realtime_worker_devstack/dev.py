@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 from loguru import logger
 
-from realtime_worker import config, logs
+from realtime_worker import config, logs, migrate
 from realtime_worker.config import WorkerSettings
 from realtime_worker.console import say
 from realtime_worker.worker import ProcessorFactory, Worker
@@ -159,6 +159,8 @@ async def run_beside(stack: Devstack, options: DevOptions, begun: float, stop: a
     """The worker next to the running stack, until ``stop``; then its graceful shutdown."""
     settings = stack_worker_settings(stack, os.environ, PORT=options.worker_port)
     logs.configure(settings.log_format, settings.log_level, stack_secrets(stack, settings))
+    if settings.wakeup_source == "broadcast":  # the worker hears nothing without the trigger
+        await migrate.migrate(stack.database_dsn, wakeup="broadcast")
     worker = Worker(settings, default_processor())
     async with anyio.create_task_group() as tg:
         port = await tg.start(functools.partial(worker.run, host=HOST, install_signals=False))

@@ -20,6 +20,9 @@ class Faults:
     realtime_delay_seconds: float = 0.0
     realtime_refuse_joins: bool = False
     realtime_refuse_connections: bool = False  # the websocket endpoint answers 503
+    # "immediate": every change goes out as its NOTIFY arrives; "server": postgres_changes wait for
+    # the modelled replication poller (100 ms, 500 ms idle, <= 100 a poll), Broadcast is streamed
+    realtime_timing: str = "immediate"
     # REST and Storage
     rest_error_fraction: float = 0.0
     rest_error_status: int = 503

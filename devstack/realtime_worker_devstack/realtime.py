@@ -29,6 +29,22 @@ Columns the role may not SELECT are left out; for a role other than ``service_ro
 INSERT/UPDATE on a table with RLS is checked with ``select 1 … where <pk> = …`` under the role
 (deletes are not checked, and carry only the primary key, as on Supabase).
 
+Broadcast from Database: a devstack trigger on ``realtime.messages`` notifies every committed
+broadcast row on the same channel; it goes to the channels joined to its topic with the same
+privacy. A private join (``config.private: true``) is authorised as the real server does it: a
+probe row is inserted as the owner and read back as the joining role with ``realtime.topic()``
+set, so the project's RLS policies on ``realtime.messages`` decide; a refusal answers
+``Unauthorized: You do not have permissions to read from this Channel topic: <topic>``. A private
+join may ask for a replay (``config.broadcast.replay``: since, limit ≤ 25); replayed messages carry
+``meta.replayed: true`` and are not delivered live again to that channel (``broadcast.py``).
+
+Timing (the fault knob ``realtime_timing``): ``immediate`` (the default) delivers every change
+as soon as its NOTIFY arrives. ``server`` models the real server: ``postgres_changes`` are read
+by a poller (supabase/realtime ``replication_poller.ex``, ``db_settings.ex``) that takes at most
+100 changes per poll, polls again at once after delivering some, after 100 ms + 50..100 ms of
+jitter when it read changes nobody subscribed to, and after 500 ms when idle; Broadcast is
+streamed (the server reads ``realtime.messages`` by logical replication), so it stays immediate.
+
 The component binds nothing: the devstack server mounts ``routes()``.
 """
 
@@ -39,7 +55,9 @@ import contextlib
 import json
 import re
 import time
+import uuid
 import zlib
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -51,6 +69,15 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
 
 from realtime_worker.sql import named_queries
+from realtime_worker_devstack.broadcast import (
+    JoinRefused,
+    Message,
+    Replay,
+    is_private,
+    message_from,
+    replay_of,
+    unauthorized,
+)
 from realtime_worker_devstack.db import Database
 from realtime_worker_devstack.faults import Faults
 from realtime_worker_devstack.keys import InvalidKey, Keys
@@ -71,6 +98,10 @@ REFUSED_JOIN = "UnableToConnectToProject: Realtime was unable to connect to the 
 SUBSCRIBED = "Subscribed to PostgreSQL"
 QUERIES = named_queries("realtime_worker_devstack.sql", "realtime.sql")
 JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+POLL_INTERVAL = 0.1  # poll_interval_ms
+POLL_IDLE_MULTIPLIER = 5
+POLL_MAX_CHANGES = 100  # poll_max_changes
+POLL_JITTER = (0.05, 0.1)
 
 TableKey = tuple[str, str]
 
@@ -406,6 +437,8 @@ class Channel:
     params: list[dict[str, Any]] = field(default_factory=list)
     bindings: tuple[Binding, ...] = ()
     topic_json: str = ""
+    private: bool = False
+    replayed: set[str] = field(default_factory=set)  # ids sent by the join's replay
 
     def __post_init__(self) -> None:
         self.topic_json = JSON(self.topic)
@@ -458,6 +491,9 @@ class Socket:
         return '{"topic":' + channel.topic_json + ',"event":"postgres_changes","payload":' + payload \
             + ',"ref":null}'
 
+    def broadcast_frame(self, channel: Channel, payload: dict[str, Any]) -> str:
+        return self.encode(None, None, channel.topic, "broadcast", payload)
+
     async def send(self, text: str) -> bool:
         try:
             await self.ws.send_str(text)
@@ -488,6 +524,8 @@ class RealtimeServer:
         self._tables: dict[TableKey, Table] = {}
         self._interest: dict[TableKey, set[str]] = {}
         self._queue: asyncio.Queue[tuple[float, int, dict[str, Any]]] = asyncio.Queue()
+        self._polled: deque[tuple[float, int, dict[str, Any]]] = deque()  # for the modelled poller
+        self.poll_batches: deque[int] = deque(maxlen=100)  # changes read by the last polls
         self._publication_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._listen_conn: asyncpg.Connection | None = None
@@ -508,7 +546,8 @@ class RealtimeServer:
         await self.sync_publication()
         await self._listen()
         self._tasks = [asyncio.create_task(self._consume(), name="realtime-consume"),
-                       asyncio.create_task(self._keep_listening(), name="realtime-listen")]
+                       asyncio.create_task(self._keep_listening(), name="realtime-listen"),
+                       asyncio.create_task(self._poll(), name="realtime-poller")]
         for task in self._tasks:
             task.add_done_callback(_log_crash)
         logger.bind(event="devstack.realtime.started").info("realtime server listening for changes")
@@ -614,22 +653,52 @@ class RealtimeServer:
                     exception=exc).error("a change could not be delivered")
 
     async def _process(self, due: float, size: int, body: dict[str, Any]) -> None:
+        if "overflow" in body:
+            size, body = await self._fetch_overflow(int(body["overflow"]))
+        if "broadcast" in body:
+            await _wait_until(due)
+            await self._broadcast(message_from(body["broadcast"]))
+        elif self.faults.realtime_timing == "server" or self._polled:
+            self._polled.append((due, size, body))  # the poller takes it (and keeps the order)
+        else:
+            await self._change(due, size, body)
+
+    async def _change(self, due: float, size: int, body: dict[str, Any]) -> bool:
+        """Deliver one change (or release a sync marker); whether any channel matched it."""
         if "sync" in body:
             waiter = self._sync_waiters.get(body["sync"])
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-            return
-        if "overflow" in body:
-            size, body = await self._fetch_overflow(int(body["overflow"]))
+            return False
         if not any(s.channels for s in self._sockets):
-            return
-        wait = due - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+            return False
+        await _wait_until(due)
         change = change_from(body, size)
         table = self._tables.get(change.key)
-        if table is not None:
-            await self._dispatch(change, table)
+        return table is not None and await self._dispatch(change, table)
+
+    async def _poll(self) -> None:
+        """The modelled replication poller: at most 100 changes a poll, then the real cadence."""
+        while True:
+            batch = [self._polled.popleft() for _ in range(min(len(self._polled), POLL_MAX_CHANGES))]
+            changes = sum("sync" not in body for _, _, body in batch)
+            if changes:
+                self.poll_batches.append(changes)
+            delivered = 0
+            for due, size, body in batch:
+                try:
+                    delivered += await self._change(due, size, body)
+                except Exception as exc:
+                    logger.bind(event="devstack.realtime.dispatch_failed", error=type(exc).__name__).opt(
+                        exception=exc).error("a change could not be delivered")
+            await asyncio.sleep(self._next_poll(delivered, changes > 0))
+
+    def _next_poll(self, delivered: int, read_changes: bool) -> float:
+        if delivered:
+            return 0.0
+        if read_changes:
+            return POLL_INTERVAL + self.faults.rng.uniform(*POLL_JITTER)
+        return POLL_INTERVAL * POLL_IDLE_MULTIPLIER
 
     async def _fetch_overflow(self, ref: int) -> tuple[int, dict[str, Any]]:
         async with self.db.admin() as conn:
@@ -639,12 +708,14 @@ class RealtimeServer:
             raise KeyError(f"overflow change {ref} is gone")
         return len(text.encode()), json.loads(text)
 
-    async def _dispatch(self, change: Change, table: Table) -> None:
+    async def _dispatch(self, change: Change, table: Table) -> bool:
         checks: list[tuple[Socket, Channel, dict[frozenset[str], list[int]]]] = []
         encoded: dict[frozenset[str], str] = {}
+        matched = False
         for sock in list(self._sockets):
             for channel in list(sock.channels.values()):
                 groups = channel.matches(change, table)
+                matched = matched or bool(groups)
                 if not groups or self._dropped():
                     continue
                 if channel.role != SERVICE_ROLE and table.rls and change.type != "DELETE":
@@ -654,6 +725,20 @@ class RealtimeServer:
         for sock, channel, groups in checks:
             if await self._may_read(channel, table, change):
                 await self._deliver(sock, channel, groups, change, table, encoded)
+        return matched
+
+    async def _broadcast(self, message: Message) -> None:
+        """A committed broadcast row to every channel of its topic with the same privacy."""
+        payload: dict[str, Any] | None = None
+        for sock in list(self._sockets):
+            for channel in list(sock.channels.values()):
+                if channel.name != message.topic or channel.private != message.private:
+                    continue
+                if message.id in channel.replayed or self._dropped():
+                    continue
+                payload = payload or message.frame_payload()
+                if await sock.send(sock.broadcast_frame(channel, payload)):
+                    self.events_sent += 1
 
     def _dropped(self) -> bool:
         if self.faults.chance(self.faults.realtime_drop_fraction):
@@ -830,21 +915,67 @@ class RealtimeServer:
     async def _join(self, sock: Socket, frame: Frame) -> None:
         payload = frame.payload if isinstance(frame.payload, dict) else {}
         claims, reason = self._join_claims(sock, frame.topic, payload)
-        if claims is None:
-            logger.bind(event="devstack.realtime.join_refused", topic=frame.topic).info(reason)
-            if self.join_error_delay:
-                await asyncio.sleep(self.join_error_delay)
-            await self._reply(sock, frame, "error", {"reason": reason})
-            return
         params = _binding_params(payload)
-        channel = Channel(frame.topic, frame.join_ref or frame.ref, claims, params)
+        channel = Channel(frame.topic, frame.join_ref or frame.ref, claims or {}, params,
+                          private=is_private(payload.get("config")))
+        replay: Replay | None = None
+        if claims is not None:
+            try:
+                replay = await self._authorise(channel, payload.get("config"))
+            except JoinRefused as refused:
+                claims, reason = None, str(refused)
+        if claims is None:
+            await self._refuse_join(sock, frame, reason)
+            return
         sock.channels[frame.topic] = channel  # a second join of a topic replaces the first
         echoed = [{**p, "id": binding_id(p)} for p in params]
         await self._reply(sock, frame, "ok", {"postgres_changes": echoed})
         logger.bind(event="devstack.realtime.join", topic=frame.topic, role=channel.role,
-                    bindings=len(params)).debug("channel joined")
+                    bindings=len(params), private=channel.private).debug("channel joined")
+        if replay is not None:
+            await self._replay(sock, channel, replay)
         if params:
             await self._start_changes(sock, channel, params)
+
+    async def _refuse_join(self, sock: Socket, frame: Frame, reason: str) -> None:
+        logger.bind(event="devstack.realtime.join_refused", topic=frame.topic).info(reason)
+        if self.join_error_delay:
+            await asyncio.sleep(self.join_error_delay)
+        await self._reply(sock, frame, "error", {"reason": reason})
+
+    async def _authorise(self, channel: Channel, config: Any) -> Replay | None:
+        """The replay a private join asks for; JoinRefused when RLS or the params refuse it."""
+        replay = replay_of(config, channel.private)
+        if channel.private and not await self._may_read_topic(channel):
+            raise unauthorized(channel.name)
+        return replay
+
+    async def _may_read_topic(self, channel: Channel) -> bool:
+        """The server's read check: RLS on realtime.messages lets the role read a probe row."""
+        probe, role = uuid.uuid4(), channel.role
+        try:
+            async with self.db.admin() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    await conn.execute(QUERIES["broadcast_probe"], probe, channel.name)
+                    await conn.fetchval(QUERIES["as_channel_role"], role, channel.name,
+                                        JSON(channel.claims), str(channel.claims.get("sub") or ""))
+                    return bool(await conn.fetchval(QUERIES["probe_visible"], probe))
+                finally:
+                    await transaction.rollback()
+        except asyncpg.PostgresError as exc:  # e.g. an RLS policy that raises: refused, as on Supabase
+            logger.bind(event="devstack.realtime.rls_policy_error").info(str(exc))
+            return False
+
+    async def _replay(self, sock: Socket, channel: Channel, replay: Replay) -> None:
+        async with self.db.admin() as conn:
+            rows = await conn.fetch(QUERIES["replay"], channel.name, replay.since_ms, replay.limit)
+        for row in rows:
+            message = Message(row["id"], channel.name, row["event"], True, row["payload"])
+            channel.replayed.add(message.id)
+            if await sock.send(sock.broadcast_frame(channel, message.frame_payload(replayed=True))):
+                self.events_sent += 1
 
     def _join_claims(self, sock: Socket, topic: str, payload: dict[str, Any]
                      ) -> tuple[dict[str, Any] | None, str]:
@@ -1017,6 +1148,12 @@ def _system_text(exc: Exception) -> str:
 def _postgrex_message(exc: asyncpg.PostgresError) -> str:
     name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__.removesuffix("Error")).lower()
     return f"ERROR {exc.sqlstate} ({name}) {exc.args[0] if exc.args else exc}"
+
+
+async def _wait_until(due: float) -> None:
+    wait = due - time.monotonic()
+    if wait > 0:
+        await asyncio.sleep(wait)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Literal
+
+WakeupSource = Literal["postgres_changes", "broadcast"]
 
 
 @dataclass(frozen=True)
@@ -15,9 +18,13 @@ class Migration:
 
 
 @cache
-def migrations() -> tuple[Migration, ...]:
-    """The numbered migrations in the order they apply (``NNNN_name.sql``)."""
-    return _folder("migrations")
+def migrations(wakeup: WakeupSource = "postgres_changes") -> tuple[Migration, ...]:
+    """The numbered migrations in the order they apply (``NNNN_name.sql``); with the broadcast
+    wake-up source also those of ``migrations/broadcast/`` (applied only on request)."""
+    found = _folder("migrations")
+    if wakeup == "broadcast":
+        found += _folder("migrations/broadcast")
+    return tuple(sorted(found, key=lambda m: m.version))
 
 
 @cache
@@ -56,13 +63,15 @@ def query(name: str) -> str:
     return queries()[name]
 
 
-def chosen(*, harden: bool = False) -> tuple[Migration, ...]:
-    """The migrations to apply: every numbered one, then the hardening ones with ``harden``."""
-    return migrations() + (hardening() if harden else ())
+def chosen(*, harden: bool = False,
+           wakeup: WakeupSource = "postgres_changes") -> tuple[Migration, ...]:
+    """The migrations to apply: every numbered one (those of the chosen wake-up source included),
+    then the hardening ones with ``harden``."""
+    return migrations(wakeup) + (hardening() if harden else ())
 
 
-def full_script(*, harden: bool = False) -> str:
+def full_script(*, harden: bool = False, wakeup: WakeupSource = "postgres_changes") -> str:
     """Every migration (and the hardening with ``harden``), as `realtime-worker sql` prints it."""
     parts = [f"-- realtime-worker migration {m.version}_{m.name}\n{m.sql}"
-             for m in chosen(harden=harden)]
+             for m in chosen(harden=harden, wakeup=wakeup)]
     return "\n".join(parts)

@@ -56,6 +56,7 @@ def test_the_wheel_holds_no_file_of_the_local_stack(wheel: Path) -> None:
                     if line.startswith("Requires-Dist:")]
     print("\n".join(names))
     assert "realtime_worker/worker.py" in names
+    assert "realtime_worker/sql/migrations/broadcast/0020_broadcast_wakeup.sql" in names  # on request
     assert not [n for n in names if any(part in n.split("/") for part in DEV_ONLY)]
     assert not [r for r in requires if "pyjwt" in r.lower() or "pgserver" in r.lower()], requires
 

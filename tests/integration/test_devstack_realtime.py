@@ -27,6 +27,7 @@ from aiohttp.test_utils import TestServer
 from realtime import AsyncRealtimeClient
 from supabase import acreate_client
 
+from realtime_worker import migrate
 from realtime_worker_devstack.db import Database
 from realtime_worker_devstack.faults import Faults
 from realtime_worker_devstack.keys import Keys
@@ -498,3 +499,148 @@ async def test_stop_closes_sockets(stack: Stack) -> None:
         await sub.states.state("CHANNEL_ERROR")
     assert stack.realtime.stats()["open_sockets"] == 0
 
+
+
+# --- Broadcast from Database (private channels, RLS, replay) --------------------------------------
+
+TOPIC = "worker:jobs"
+
+
+async def broadcast_contract(conn: asyncpg.Connection) -> None:
+    """The worker's migration with the Broadcast wake-up: the trigger on jobs and the policies."""
+    await migrate.apply(conn, wakeup="broadcast")
+
+
+async def insert_job_as_user(conn: asyncpg.Connection, user: Any) -> Any:
+    """A job inserted as the app inserts it: as ``authenticated``, under the user's claims."""
+    async with conn.transaction():
+        await conn.execute("select set_config('role', 'authenticated', true),"
+                           " set_config('request.jwt.claims', $1, true)",
+                           json.dumps({"sub": str(user), "role": "authenticated"}))
+        return await conn.fetchval("insert into public.jobs (user_id, params_json)"
+                                   " values ($1, '{\"text_prompt\": \"a cat\"}') returning id", user)
+
+
+async def join_private(client: Any, topic: str, replay: dict[str, int] | None = None,
+                       wait: bool = True) -> tuple[Any, Inbox, Inbox]:
+    broadcast: dict[str, Any] = {"ack": False, "self": False}
+    if replay is not None:
+        broadcast["replay"] = replay
+    channel = client.channel(topic, {"config": {"broadcast": broadcast, "private": True,
+                                                "presence": {"key": "", "enabled": False}}})
+    messages, states = Inbox(), Inbox()
+    channel.on_broadcast("INSERT", messages)
+    await channel.subscribe(states)
+    if wait:
+        await states.state("SUBSCRIBED")
+    return channel, messages, states
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def test_job_insert_by_a_user_is_broadcast_to_the_service_role(stack: Stack) -> None:
+    await broadcast_contract(stack.conn)
+    user = await make_user(stack.conn)
+    async with realtime_client(stack) as client:
+        _, messages, _ = await join_private(client, TOPIC)
+        job_id = await insert_job_as_user(stack.conn, user)
+        message = await messages.next()
+    assert message["event"] == "INSERT"
+    assert message["payload"]["job_id"] == str(job_id)
+    assert message["payload"]["id"] == message["meta"]["id"]  # realtime.send injects the message id
+    assert "replayed" not in message["meta"]
+    stored = await stack.conn.fetchval("select count(*) from realtime.messages where topic = $1"
+                                       " and private and extension = 'broadcast'", TOPIC)
+    assert stored == 1
+
+
+async def test_private_join_is_refused_as_the_real_server_words_it(stack: Stack) -> None:
+    await broadcast_contract(stack.conn)
+    # a project policy letting signed-in users read every private topic of their own
+    await stack.conn.execute("create policy users_read_rooms on realtime.messages for select"
+                             " to authenticated using (true)")
+    token = stack.keys.make("authenticated", sub=str(await make_user(stack.conn)))
+    async with realtime_client(stack, token) as client:
+        _, _, room = await join_private(client, "room-1")  # the policy lets them in here
+        _, _, states = await join_private(client, TOPIC, wait=False)
+        error = await states.state("CHANNEL_ERROR")
+    assert json.loads(str(error)) == {"reason": "Unauthorized: You do not have permissions to read"
+                                                " from this Channel topic: worker:jobs"}
+    assert "SUBSCRIBED" in [state for state, _ in room.items]
+
+
+async def test_private_join_without_any_policy_is_refused(stack: Stack) -> None:
+    token = stack.keys.make("authenticated", sub=str(await make_user(stack.conn)))
+    async with realtime_client(stack, token) as client:
+        _, _, states = await join_private(client, "room-1", wait=False)
+        error = await states.state("CHANNEL_ERROR")
+    assert json.loads(str(error))["reason"].startswith("Unauthorized: ")
+
+
+async def test_replay_sends_the_newest_since_marked_and_in_order(stack: Stack) -> None:
+    await stack.conn.execute("create policy read_all on realtime.messages for select to service_role"
+                             " using (true)")
+    since = now_ms() - 1000
+    sent = []
+    for index in range(30):
+        await stack.conn.execute("select realtime.send($1::jsonb, 'INSERT', 'history', true)",
+                                 json.dumps({"n": index}))
+        sent.append(index)
+    await stack.conn.execute("select realtime.send('{\"n\": -1}', 'INSERT', 'other', true)")
+    async with realtime_client(stack) as client:
+        _, messages, _ = await join_private(client, "history", {"since": since, "limit": 50})
+        replayed = [await messages.next() for _ in range(25)]
+        _, later, _ = await join_private(client, "history-later", {"since": now_ms() + 60_000})
+    assert [m["payload"]["n"] for m in replayed] == sent[5:]  # the 25 newest, oldest first
+    assert all(m["meta"]["replayed"] is True for m in replayed)
+    assert len({m["meta"]["id"] for m in replayed}) == 25
+    assert later.items == []
+
+
+async def test_replay_on_a_public_channel_or_with_bad_params_is_refused(stack: Stack) -> None:
+    async with realtime_client(stack) as client:
+        config: Any = {"config": {"broadcast": {"replay": {"since": 0}}, "private": False}}
+        public = client.channel("open", config)
+        states = Inbox()
+        await public.subscribe(states)
+        refused = await states.state("CHANNEL_ERROR")
+        _, _, bad = await join_private(client, "bad", {"since": "yesterday"}, wait=False)  # type: ignore[dict-item]
+        invalid = await bad.state("CHANNEL_ERROR")
+    assert json.loads(str(refused)) == {
+        "reason": "UnableToReplayMessages: Replay is not allowed for public channels"}
+    assert json.loads(str(invalid)) == {"reason": "UnableToReplayMessages: Replay params are not valid"}
+
+
+async def test_public_and_private_messages_stay_apart(stack: Stack) -> None:
+    async with realtime_client(stack) as client:
+        _, private, _ = await join_private(client, "mixed")
+        public_channel = client.channel("mixed-public")
+        public = Inbox()
+        public_channel.on_broadcast("INSERT", public)
+        await public_channel.subscribe()
+        for to, topic, is_private in (("public", "mixed-public", False), ("private", "mixed", True),
+                                      ("nobody", "mixed", False)):
+            await stack.conn.execute("select realtime.send($1::jsonb, 'INSERT', $2, $3)",
+                                     json.dumps({"to": to}), topic, is_private)
+        got_public, got_private = await public.next(), await private.next()
+        await stack.realtime.sync()
+    assert got_public["payload"]["to"] == "public" and got_private["payload"]["to"] == "private"
+    assert len(private.items) == 1 and len(public.items) == 1
+
+
+async def test_server_timing_polls_changes_in_batches_and_streams_broadcast(stack: Stack) -> None:
+    await broadcast_contract(stack.conn)
+    stack.faults.realtime_timing = "server"
+    user = await make_user(stack.conn, balance=200)
+    async with realtime_client(stack) as client:
+        sub = await listen(client, "polled", ("INSERT", "jobs", None))
+        _, messages, _ = await join_private(client, TOPIC)
+        async with stack.conn.transaction():
+            ids = [await insert_job(stack.conn, user) for _ in range(150)]
+        changes = [(await sub.changes[0].next())["data"]["record"]["id"] for _ in ids]
+        broadcasts = [(await messages.next())["payload"]["job_id"] for _ in ids]
+    assert changes == [str(i) for i in ids] and broadcasts == changes
+    batches = list(stack.realtime.poll_batches)
+    assert sum(batches) == 150 and max(batches) == 100  # at most 100 changes a poll

@@ -122,6 +122,33 @@ async def test_applying_twice_yields_an_identical_catalog(conn: asyncpg.Connecti
     assert set(CONTRACT) <= {key.split("(")[0] for key in first["functions"]}
 
 
+BROADCAST_OBJECTS = (
+    "select tgname from pg_trigger where tgrelid = 'public.jobs'::regclass and not tgisinternal",
+    "select polname, polpermissive, polroles::regrole[]::text[], polcmd::text from pg_policy"
+    " where polrelid = 'realtime.messages'::regclass order by polname",
+)
+
+
+async def broadcast_objects(conn: asyncpg.Connection) -> list[list[tuple[object, ...]]]:
+    return [[tuple(row) for row in await conn.fetch(query)] for query in BROADCAST_OBJECTS]
+
+
+async def test_the_broadcast_wakeup_is_applied_on_request_and_twice_harmlessly(
+        conn: asyncpg.Connection) -> None:
+    assert "0020" not in {m.version for m in sql.migrations()}
+    without = await broadcast_objects(conn)
+    applied = await migrate.apply(conn, wakeup="broadcast")
+    assert [(a.version, a.skipped) for a in applied if not a.skipped] == [("0020", False)]
+    once = await broadcast_objects(conn)
+    await migrate.apply(conn, wakeup="broadcast", force=True)
+    assert await broadcast_objects(conn) == once
+    triggers, policies = once
+    assert set(triggers) - set(without[0]) == {("worker_broadcast_job_insert",)}
+    assert policies == [("worker_jobs_topic_not_for_users", False, ["anon", "authenticated"], "*"),
+                        ("worker_jobs_topic_service_role", True, ["service_role"], "r")]
+    assert "worker:jobs" in sql.full_script(wakeup="broadcast") and "worker:jobs" not in sql.full_script()
+
+
 async def test_functions_match_the_contract(conn: asyncpg.Connection) -> None:
     await conn.execute("set search_path = public")
     rows = await conn.fetch("""

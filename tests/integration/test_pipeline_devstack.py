@@ -29,7 +29,7 @@ from realtime_worker.metrics import Metrics
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.queue import SupabaseQueue
 from realtime_worker.retry import MAX_RETRY_DELAY_SECONDS
-from realtime_worker.worker import Worker, WorkerContext, supabase_client
+from realtime_worker.worker import Worker, WorkerContext, queue_rpc, supabase_client
 from realtime_worker_devstack import photos
 from realtime_worker_devstack.server import Devstack
 from tests.edges import share_on_edges
@@ -61,9 +61,9 @@ async def run_worker_once(devstack: Devstack) -> Metrics:
     """What ``realtime-worker run --once`` does after its health server is up: drain due jobs."""
     settings, metrics = worker_settings(devstack), Metrics()
     with anyio.fail_after(60):
-        async with supabase_client(settings) as client, open_pipeline(
+        async with supabase_client(settings) as client, queue_rpc(settings) as rpc, open_pipeline(
                 WorkerContext(settings, client, metrics)) as processor:
-            queue = SupabaseQueue.from_client(client, metrics)
+            queue = SupabaseQueue(rpc, metrics)
             dispatcher = Dispatcher(queue, processor, DispatcherSettings(
                 worker_id=settings.worker_id, max_concurrent_jobs=settings.max_concurrent_jobs,
                 lease_seconds=settings.lease_seconds), metrics)

@@ -27,7 +27,7 @@ from realtime_worker import config, transport
 from realtime_worker.config import WorkerSettings
 from realtime_worker.errors import QueueError
 from realtime_worker.queue import SupabaseQueue
-from realtime_worker.worker import supabase_client
+from realtime_worker.worker import queue_rpc
 
 pytestmark = pytest.mark.integration
 
@@ -175,8 +175,8 @@ async def test_queue_over_the_transport_reports_an_unreachable_supabase_as_queue
     settings = config.load(WorkerSettings, SUPABASE_URL=f"http://127.0.0.1:{free_port()}",
                            SUPABASE_SERVICE_ROLE_KEY="service-role-secret-for-this-test",
                            GEMINI_API_KEY="gemini-secret-for-this-test")
-    async with supabase_client(settings) as client:
-        queue = SupabaseQueue.from_client(client)
+    async with queue_rpc(settings) as rpc:
+        queue = SupabaseQueue(rpc)
         with pytest.raises(QueueError, match="worker_reap_expired failed: ConnectError") as caught:
             await queue.reap_expired(10)
     assert "service-role-secret" not in str(caught.value)

@@ -12,6 +12,11 @@ import anyio
 import asyncpg
 import pytest
 
+from realtime_worker import migrate
+from realtime_worker.errors import ConfigError
+from realtime_worker.health_state import RealtimeLink
+from realtime_worker.listener import Listener
+from realtime_worker.metrics import Metrics
 from realtime_worker.worker import Worker
 from realtime_worker_devstack.server import Devstack
 from tests.conftest import Database
@@ -261,3 +266,51 @@ async def test_health_endpoints_speak_json_and_leak_nothing(
 
 async def _failed(db: Database) -> bool:
     return (await statuses(db.dsn)).get("failed", 0) == 1
+
+
+# --- the Broadcast wake-up source ------------------------------------------------------------------
+
+
+async def test_broadcast_pickup_without_waiting_for_the_sweep(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    await migrate.apply(conn, wakeup="broadcast")
+    async with running_worker(devstack, SWEEP_INTERVAL_SECONDS=NO_SWEEP,
+                              WAKEUP_SOURCE="broadcast") as (worker, port):
+        await wait_for(lambda: worker.health.realtime_subscribed, what="subscription")
+        assert await ready(port)
+        await insert_job(conn, await make_user(conn))
+        await wait_for(lambda: done(db, 1), within=5, what="job done")
+        assert claimed(worker, "realtime") == 1
+        assert claimed(worker, "sweep") == 0
+
+
+async def test_broadcast_listener_replays_what_it_missed_and_ignores_duplicates(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
+    await migrate.apply(conn, wakeup="broadcast")
+    wakes: list[tuple[object, str]] = []
+    health = RealtimeLink()
+    subject = Listener(listener_settings(devstack, source="broadcast"),
+                       lambda job_id, source: wakes.append((job_id, source)), Metrics(), health)
+    user = await make_user(conn)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(subject.run)
+        await wait_for(lambda: health.subscribed, what="subscription")
+        seen = await insert_job(conn, user)
+        await wait_for(lambda: (seen, "realtime") in wakes, what="live event")
+        devstack.faults.update({"realtime_refuse_connections": True})
+        await devstack.realtime.cut_sockets()
+        await wait_for(lambda: not health.subscribed, what="disconnect")
+        missed = await insert_job(conn, user)  # sent while nobody was joined
+        devstack.faults.update({"realtime_refuse_connections": False})
+        await wait_for(lambda: (missed, "replay") in wakes, within=20, what="the replay")
+        tg.cancel_scope.cancel()
+    assert [w for w in wakes if w[0] == seen] == [(seen, "realtime")]  # replayed again, ignored
+    assert subject.duplicates >= 1
+    assert subject.subscriptions >= 2
+
+
+async def test_broadcast_without_its_migration_stops_the_worker_with_the_fix(devstack: Devstack) -> None:
+    stops = pytest.RaisesExc(ConfigError, match="migrate --wakeup broadcast")
+    with pytest.RaisesGroup(stops, flatten_subgroups=True):  # from inside the worker's task group
+        async with running_worker(devstack, WAKEUP_SOURCE="broadcast"):
+            pass

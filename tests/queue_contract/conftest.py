@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 
 from realtime_worker.queue import SupabaseQueue
+from realtime_worker.rpc import open_rpc
 from realtime_worker_devstack.server import running
 from tests.conftest import Database, _fresh
-from tests.devstack_fixtures import supabase_client
 from tests.queue_contract.harness import Harness, MemoryHarness, SqlHarness
 
 SqlParts = tuple[SupabaseQueue, asyncpg.Connection]
@@ -46,8 +46,8 @@ async def sql_parts(database: Database | None,
     conn = await asyncpg.connect(database.dsn)
     try:
         async with running(database_dsn=database.dsn, data_dir=data_dir) as stack, \
-                supabase_client(stack.url, stack.service_key) as client:
-            yield SupabaseQueue.from_client(client), conn
+                open_rpc(stack.url, stack.service_key) as rpc:
+            yield SupabaseQueue(rpc), conn
     finally:
         await conn.close()
 

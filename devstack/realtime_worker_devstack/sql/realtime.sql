@@ -54,6 +54,41 @@ begin
   return null;
 end
 $$;
+-- Broadcast from Database: the real server streams realtime.messages by logical replication; the
+-- devstack notifies each committed broadcast row on the same channel as the changes.
+create or replace function _devstack.broadcast_notify() returns trigger
+language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  seq bigint;
+  body text;
+begin
+  if new.extension <> 'broadcast' then
+    return null;
+  end if;
+  seq := nextval('_devstack.realtime_seq');
+  body := json_build_object('broadcast', json_build_object(
+    'id', new.id, 'topic', new.topic, 'event', new.event, 'private', coalesce(new.private, false),
+    'payload', new.payload))::text;
+  if octet_length(body) >= 8000 then
+    insert into _devstack.realtime_overflow (id, payload) values (seq, body);
+    body := json_build_object('overflow', seq)::text;
+  end if;
+  perform pg_notify('_devstack_realtime', body);
+  return null;
+end
+$$;
+do $$
+begin
+  if to_regclass('realtime.messages') is not null and not exists (
+      select 1 from pg_trigger where tgrelid = 'realtime.messages'::regclass
+        and tgname = '_devstack_broadcast') then
+    create trigger _devstack_broadcast after insert on realtime.messages
+      for each row execute function _devstack.broadcast_notify();
+  end if;
+end
+$$;
 create or replace function _devstack.cast_filter(value text, type_name text) returns jsonb
 language plpgsql stable
 set timezone = 'UTC'
@@ -96,3 +131,30 @@ where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
 insert into _devstack.realtime_interest (schema_name, table_name, event)
 values ($1, $2, $3)
 on conflict do nothing
+
+
+-- name: broadcast_probe
+-- How the server authorises a private join (supabase/realtime lib/realtime/tenants/authorization.ex):
+-- insert a probe message as the owner, then, as the joining role with realtime.topic() set, see
+-- whether RLS lets it read the probe. The caller rolls the transaction back.
+insert into realtime.messages (id, topic, extension) values ($1, $2, 'broadcast')
+
+-- name: as_channel_role
+select set_config('role', $1, true), set_config('realtime.topic', $2, true),
+       set_config('request.jwt.claims', $3, true), set_config('request.jwt.claim.sub', $4, true),
+       set_config('request.jwt.claim.role', $1, true)
+
+-- name: probe_visible
+select exists (select 1 from realtime.messages where id = $1)
+
+-- name: replay
+-- The newest $3 private broadcasts of topic $1 inserted since $2 (epoch ms), oldest first
+-- (supabase/realtime lib/realtime/messages.ex replay/5).
+select id::text, event, payload from (
+  select id, event, payload, inserted_at from realtime.messages
+  where topic = $1 and private is true and extension = 'broadcast'
+    and inserted_at >= (to_timestamp($2::bigint / 1000.0) at time zone 'UTC')
+    and inserted_at < (now() at time zone 'UTC') + interval '1 minute'
+  order by inserted_at desc
+  limit $3) newest
+order by inserted_at
