@@ -313,4 +313,5 @@ async def test_broadcast_without_its_migration_stops_the_worker_with_the_fix(dev
     stops = pytest.RaisesExc(ConfigError, match="migrate --wakeup broadcast")
     with pytest.RaisesGroup(stops, flatten_subgroups=True):  # from inside the worker's task group
         async with running_worker(devstack, WAKEUP_SOURCE="broadcast"):
-            pass
+            with anyio.fail_after(60):  # until the worker stops by itself (a stop would end start-up)
+                await anyio.sleep_forever()
