@@ -79,7 +79,7 @@ async def read_snapshot(dsn: str) -> Snapshot:
         assets: dict[uuid.UUID, list[asyncpg.Record]] = defaultdict(list)
         for row in await conn.fetch("select kind::text as kind, storage_path, hash from public.assets"
                                     " where kind in ('edge_map', 'thumbnail', 'pdf')"):
-            assets[uuid.UUID(row["storage_path"].split("/")[2])].append(row)
+            assets[uuid.UUID(row["storage_path"].split("/")[1])].append(row)  # {user}/{job}/file
         objects = {(r[0], r[1]) for r in await conn.fetch(
             "select bucket_id, name from storage.objects where bucket_id in ('intermediates', 'artifacts')")}
         events = await conn.fetch("select user_id, job_id, delta, reason from public.credit_events")
@@ -210,12 +210,13 @@ def check_outputs(verdict: Verdict, snap: Snapshot, facts: Facts) -> None:
 
 
 def objects_match(job: JobRow, snap: Snapshot, root: Path) -> bool:
-    """Each output has its storage.objects row and its file, whose hash is the asset row's."""
+    """Each output's asset row holds its bucket-relative name (as the app signs it), and it has its
+    storage.objects row and its file, whose hash is the asset row's."""
     for row in snap.assets.get(job.id, []):
         bucket, file = OUTPUT_KINDS[row["kind"]]
         name = f"{job.user_id}/{job.id}/{file}"
         path = root / bucket / name
-        if (bucket, name) not in snap.objects or not path.is_file():
+        if row["storage_path"] != name or (bucket, name) not in snap.objects or not path.is_file():
             return False
         if hashlib.sha256(path.read_bytes()).hexdigest() != row["hash"]:
             return False
@@ -249,7 +250,8 @@ def ledger_mismatches(snap: Snapshot, facts: Facts) -> list[str]:
     submitted = Counter(j.user_id for j in snap.jobs.values())
     refunds: Counter[uuid.UUID] = Counter()
     for event in snap.events:
-        refunds[event["user_id"]] += event["delta"]
+        if event["job_id"] is not None:  # the sign-up and purchase rows are in ``start`` already
+            refunds[event["user_id"]] += event["delta"]
     wrong = []
     for user, start in facts.start_balances.items():
         expected = start - submitted[user] + refunds[user]

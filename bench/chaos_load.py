@@ -24,6 +24,7 @@ import httpx
 
 from realtime_worker import submit
 from realtime_worker_devstack import postgres
+from realtime_worker_devstack import users as app_users
 
 T = TypeVar("T")
 DATABASE = "chaos"
@@ -120,16 +121,13 @@ class User:
 
 async def make_users(conn: asyncpg.Connection, count: int, rng: random.Random) -> list[User]:
     """Users as the app's sign-up makes them, each with a known starting balance."""
-    users = []
+    made = []
     for _ in range(count):
         user = User(uuid.UUID(int=rng.getrandbits(128), version=4), rng.randint(2000, 3000))
-        email = f"{user.id.hex[:10]}@chaos.test"
-        await conn.execute("insert into auth.users (id, email) values ($1, $2)", user.id, email)
-        await conn.execute("insert into public.users (id, email) values ($1, $2)", user.id, email)
-        await conn.execute("insert into public.credits (user_id, balance) values ($1, $2)",
-                           user.id, user.start_balance)
-        users.append(user)
-    return users
+        await app_users.create(conn, user.start_balance, user_id=user.id,
+                               email=f"{user.id.hex[:10]}@chaos.test")
+        made.append(user)
+    return made
 
 
 async def upload_photos(conn: asyncpg.Connection, http: httpx.AsyncClient, users: list[User]) -> None:
@@ -143,7 +141,7 @@ async def upload_photos(conn: asyncpg.Connection, http: httpx.AsyncClient, users
         user.photo_asset = await conn.fetchval(
             "insert into public.assets (user_id, kind, storage_path, bytes, width, height)"
             " values ($1, 'original', $2, $3, 800, 600) returning id",
-            user.id, f"originals/{name}", len(photo))
+            user.id, name, len(photo))
 
 
 async def make_pages(conn: asyncpg.Connection, users: list[User], within: float) -> None:
@@ -160,8 +158,8 @@ async def make_pages(conn: asyncpg.Connection, users: list[User], within: float)
             await anyio.sleep(0.2)
     for user in users:
         user.page_asset = await conn.fetchval(
-            "select id from public.assets where kind = 'edge_map' and storage_path like $1",
-            f"%/{user.page_job}/edge.png")
+            "select id from public.assets where kind = 'edge_map' and storage_path = $1",
+            f"{user.id}/{user.page_job}/edge.png")
 
 
 # --- jobs ---------------------------------------------------------------------------------------

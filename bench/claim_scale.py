@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from bench.harness import Spread, run_on_scratch_database
-from realtime_worker_devstack import postgres
+from realtime_worker_devstack import postgres, users
 
 SMALL, LARGE = 1_000, 1_000_000
 WARM_UP = 20
@@ -27,11 +27,7 @@ Claim = Callable[[asyncpg.Connection, uuid.UUID], Awaitable[int]]
 
 
 async def make_user(conn: asyncpg.Connection) -> uuid.UUID:
-    user = uuid.uuid4()
-    await conn.execute("insert into auth.users (id) values ($1)", user)
-    await conn.execute("insert into public.users (id) values ($1)", user)
-    await conn.execute("insert into public.credits (user_id, balance) values ($1, 1000000)", user)
-    return user
+    return await users.create(conn, 1_000_000)
 
 
 async def add_finished_jobs(conn: asyncpg.Connection, user: uuid.UUID, first: int, last: int, *,

@@ -34,6 +34,7 @@ from realtime_worker.pipeline import Pipeline, gemini_generator, render_outputs
 from realtime_worker.queue import JobQueue, SupabaseQueue
 from realtime_worker.storage import Storage, SupabaseStorage
 from realtime_worker.worker import supabase_client
+from realtime_worker_devstack import users
 from realtime_worker_devstack.server import Devstack, running
 
 WARM_UP = 5
@@ -119,10 +120,7 @@ class TimedGenerator:
 async def queue_jobs(dsn: str, count: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        user = uuid.uuid4()
-        await conn.execute("insert into auth.users (id) values ($1)", user)
-        await conn.execute("insert into public.users (id) values ($1)", user)
-        await conn.execute("insert into public.credits (user_id, balance) values ($1, $2)", user, count)
+        user = await users.create(conn, count)
         await conn.executemany("insert into public.jobs (user_id, params_json) values ($1, $2)",
                                [(user, '{"text_prompt": "a lighthouse"}')] * count)
     finally:

@@ -17,7 +17,6 @@ import json
 import secrets
 import sys
 import time
-import uuid
 
 import asyncpg
 from aiohttp import web
@@ -26,7 +25,7 @@ from realtime import AsyncRealtimeClient
 from realtime.types import PostgresChangesPayload, RealtimePostgresChangesListenEvent
 
 from bench.harness import Spread, run_on_scratch_database
-from realtime_worker_devstack import postgres
+from realtime_worker_devstack import postgres, users
 from realtime_worker_devstack.db import Database
 from realtime_worker_devstack.faults import Faults
 from realtime_worker_devstack.keys import Keys
@@ -67,9 +66,7 @@ async def produce(config: dict[str, str], commands: asyncio.StreamReader) -> Non
     """Insert one job per line on stdin; print its id and the perf_counter before and after the INSERT."""
     conn = await asyncpg.connect(config["dsn"])
     try:
-        user = uuid.uuid4()
-        await conn.execute("insert into auth.users (id) values ($1)", user)
-        await conn.execute("insert into public.users (id) values ($1)", user)
+        user = await users.sign_up(conn)
         print("ready", flush=True)
         while await commands.readline():
             sent = time.perf_counter()

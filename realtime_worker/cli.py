@@ -36,7 +36,7 @@ def _tool_settings() -> config.ToolSettings:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     """Print the migration SQL, for projects that manage migrations with the Supabase CLI."""
-    sys.stdout.write(sql.full_script())
+    sys.stdout.write(sql.full_script(harden=args.harden))
     return 0
 
 
@@ -46,7 +46,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if settings.database_url is None:
         raise ConfigError("configuration error: DATABASE_URL is missing")
     dsn = settings.database_url.get_secret_value()
-    applied = anyio.run(lambda: migrate.migrate(dsn, force=args.force))
+    applied = anyio.run(lambda: migrate.migrate(dsn, force=args.force, harden=args.harden))
     for item in applied:
         state = "already applied" if item.skipped else "applied"
         print(f"{item.version}_{item.name}: {state}")
@@ -100,6 +100,12 @@ def _worker_failed(exc: BaseException) -> int:
     shown = leaves[0] if len(leaves) == 1 else exc  # its traceback starts where the bug is
     logger.opt(exception=shown).bind(event="worker_crashed").critical(f"worker crashed: {summary}")
     return 1
+
+
+def _add_harden(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--harden", action="store_true",
+                        help="also revoke the direct writes of signed-in users (once the app calls"
+                             " create_job; docs/security.md)")
 
 
 def _add_run(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -182,9 +188,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     wanted = _chosen(argv)
     parser = argparse.ArgumentParser(prog="realtime-worker", description=__doc__.splitlines()[0])
     subs = parser.add_subparsers(dest="command", required=True)
-    subs.add_parser("sql", help=cmd_sql.__doc__).set_defaults(func=cmd_sql)
+    p = subs.add_parser("sql", help=cmd_sql.__doc__)
+    _add_harden(p)
+    p.set_defaults(func=cmd_sql)
     p = subs.add_parser("migrate", help=cmd_migrate.__doc__)
     p.add_argument("--force", action="store_true", help="re-apply migrations already recorded")
+    _add_harden(p)
     p.set_defaults(func=cmd_migrate)
     _add_run(subs)
     _add_job_tools(subs)

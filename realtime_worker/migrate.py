@@ -29,14 +29,18 @@ def checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-async def apply(conn: asyncpg.Connection, *, force: bool = False) -> list[Applied]:
-    """Apply every migration not yet recorded (all of them with ``force``), in one transaction each."""
+async def apply(conn: asyncpg.Connection, *, force: bool = False,
+                harden: bool = False) -> list[Applied]:
+    """Apply every migration not yet recorded (all of them with ``force``), in one transaction each.
+
+    ``harden`` adds the opt-in hardening migrations (docs/security.md), applied last.
+    """
     await conn.execute("select pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(sql.query("migration_history"))
         done = {r["version"] for r in await conn.fetch(sql.query("applied_versions"))}
         return [await _apply_one(conn, m, skip=m.version in done and not force)
-                for m in sql.migrations()]
+                for m in sql.chosen(harden=harden)]
     finally:
         await conn.execute("select pg_advisory_unlock($1)", _LOCK_KEY)
 
@@ -70,10 +74,10 @@ async def connect(dsn: str) -> asyncpg.Connection:
     raise error from None
 
 
-async def migrate(dsn: str, *, force: bool = False) -> list[Applied]:
-    """Connect to ``dsn`` and apply the migrations."""
+async def migrate(dsn: str, *, force: bool = False, harden: bool = False) -> list[Applied]:
+    """Connect to ``dsn`` and apply the migrations (and the hardening with ``harden``)."""
     conn = await connect(dsn)
     try:
-        return await apply(conn, force=force)
+        return await apply(conn, force=force, harden=harden)
     finally:
         await conn.close()

@@ -1,11 +1,13 @@
 """Where objects live in Supabase Storage: output paths from validated ids, input paths checked.
 
-Outputs are built only from ``UUID`` values, so a job can never write outside its user's
-folder. An input asset's ``storage_path`` comes from a table row and is checked before use:
-bucket-qualified (``originals/<user>/x.jpg``) or bucket-relative (``<user>/x.jpg``, the bucket
-then follows from the asset's kind); no absolute paths, no dot or empty segments, no control
-characters; its first folder must be the job's user. The check runs on the path as the Storage
-client will request it (percent-decoded), so an encoded ``..`` or ``/`` cannot slip through.
+``assets.storage_path`` holds the object's name inside its bucket (``<user>/<job>/edge.png``),
+as every route of the app stores and searches it; the bucket follows from the asset's kind
+(:data:`BUCKET_OF_KIND`). Outputs are built only from ``UUID`` values, so a job can never write
+outside its user's folder. An input asset's ``storage_path`` comes from a table row and is checked
+before use: no absolute paths, no dot or empty segments, no control characters; its first folder
+must be the job's user (so a bucket-qualified ``originals/<user>/x.jpg``, a form the app never
+writes, is refused too). The check runs on the path as the Storage client will request it
+(percent-decoded), so an encoded ``..`` or ``/`` cannot slip through.
 """
 
 from __future__ import annotations
@@ -53,12 +55,12 @@ class ObjectPath:
 
     @property
     def qualified(self) -> str:
-        """``bucket/name``, the form stored in ``assets.storage_path``."""
+        """``bucket/name``, for messages and logs; ``assets.storage_path`` holds ``name`` alone."""
         return f"{self.bucket}/{self.name}"
 
 
 def output_path(kind: AssetKind, user_id: UUID, job_id: UUID) -> ObjectPath:
-    """Where a job's output of ``kind`` goes: ``{bucket}/{user_id}/{job_id}/{file}``."""
+    """Where a job's output of ``kind`` goes: ``{user_id}/{job_id}/{file}`` in the kind's bucket."""
     if not isinstance(user_id, UUID) or not isinstance(job_id, UUID):
         raise TypeError("output paths are built from UUIDs only")
     return ObjectPath(BUCKET_OF_KIND[kind], f"{user_id}/{job_id}/{OUTPUT_FILES[kind]}")
@@ -70,10 +72,8 @@ def input_path(storage_path: object, kind: AssetKind, user_id: UUID) -> ObjectPa
         raise UnsafePath("the asset has no storage path")
     segments = _segments(storage_path)
     _segments(_decoded(storage_path))
-    bucket = segments[0] if segments[0] in BUCKETS else BUCKET_OF_KIND[kind]
-    name = segments[1:] if segments[0] in BUCKETS else segments
-    _check_owner(name, user_id)
-    return ObjectPath(bucket, "/".join(name))
+    _check_owner(segments, user_id)
+    return ObjectPath(BUCKET_OF_KIND[kind], storage_path)
 
 
 def _decoded(path: str) -> str:

@@ -90,7 +90,7 @@ class Output:
     height: int
 
     def record(self, path: ObjectPath) -> AssetRecord:
-        return AssetRecord(kind=self.kind, storage_path=path.qualified, bytes=len(self.data),
+        return AssetRecord(kind=self.kind, storage_path=path.name, bytes=len(self.data),
                            width=self.width, height=self.height,
                            hash=hashlib.sha256(self.data).hexdigest())
 

@@ -9,18 +9,12 @@ from typing import Any
 import asyncpg
 
 from realtime_worker.metrics import Metrics
+from realtime_worker_devstack import users
 
 
 async def make_user(conn: asyncpg.Connection, balance: int = 10) -> uuid.UUID:
-    """A user with a profile and a credit balance, as the app's sign-up creates them."""
-    user_id = uuid.uuid4()
-    await conn.execute("insert into auth.users (id, email) values ($1, $2)",
-                       user_id, f"{user_id.hex[:8]}@example.test")
-    await conn.execute("insert into public.users (id, email) values ($1, $2)",
-                       user_id, f"{user_id.hex[:8]}@example.test")
-    await conn.execute("insert into public.credits (user_id, balance) values ($1, $2)",
-                       user_id, balance)
-    return user_id
+    """A user as the app's sign-up creates them, holding ``balance`` credits the ledger explains."""
+    return await users.create(conn, balance)
 
 
 async def insert_job(conn: asyncpg.Connection, user_id: uuid.UUID,

@@ -40,7 +40,7 @@ from realtime_worker.console import say
 from realtime_worker.jobs import AssetKind, JobStatus
 from realtime_worker.storage import SupabaseStorage
 from realtime_worker.worker import Worker, supabase_client
-from realtime_worker_devstack import postgres
+from realtime_worker_devstack import postgres, users
 from realtime_worker_devstack import stack as devstack
 from realtime_worker_devstack.dev import (
     HOST,
@@ -198,16 +198,10 @@ async def poll(conn: asyncpg.Connection, progress: Progress) -> None:
 
 
 async def seed_demo_user(conn: asyncpg.Connection) -> UUID:
-    """The demo's user (fixed id), topped up to enough credits on every run."""
+    """The demo's user (fixed id), signed up on the first run and topped up on every run."""
     async with conn.transaction():
-        await conn.execute("insert into auth.users (id, email) values ($1, $2) on conflict do nothing",
-                           DEMO_USER_ID, DEMO_EMAIL)
-        await conn.execute("insert into public.users (id, email) values ($1, $2) on conflict do nothing",
-                           DEMO_USER_ID, DEMO_EMAIL)
-        await conn.execute("insert into public.credits (user_id, balance) values ($1, $2)"
-                           " on conflict (user_id) do update set balance ="
-                           " greatest(public.credits.balance, excluded.balance)",
-                           DEMO_USER_ID, DEMO_CREDITS)
+        await users.sign_up(conn, DEMO_USER_ID, DEMO_EMAIL)
+        await users.top_up(conn, DEMO_USER_ID, DEMO_CREDITS)
     return DEMO_USER_ID
 
 
@@ -219,7 +213,7 @@ async def upload_photo(client: Any, user: UUID) -> UUID:
         name, data, {"content-type": "image/jpeg", "upsert": "true"})
     width, height = Image.open(io.BytesIO(data)).size
     response = await client.table("assets").insert({
-        "user_id": str(user), "kind": "original", "storage_path": f"{paths.ORIGINALS}/{name}",
+        "user_id": str(user), "kind": "original", "storage_path": name,
         "bytes": len(data), "width": width, "height": height}).execute()
     return UUID(str(response.data[0]["id"]))
 
@@ -227,7 +221,7 @@ async def upload_photo(client: Any, user: UUID) -> UUID:
 async def page_asset(client: Any, user: UUID, job_id: UUID) -> UUID:
     """The ``edge_map`` asset a finished job wrote (what the app offers to edit)."""
     page = paths.output_path(AssetKind.EDGE_MAP, user, job_id)
-    response = await client.table("assets").select("id").eq("storage_path", page.qualified).execute()
+    response = await client.table("assets").select("id").eq("storage_path", page.name).execute()
     return UUID(str(response.data[0]["id"]))
 
 

@@ -37,6 +37,7 @@ _STATUS_PREFIXES = (
     ("P0", 500), ("XX", 500), ("42883", 404), ("42P01", 404), ("42P17", 500),
     ("23503", 409), ("23505", 409),
 )
+_CUSTOM_STATUS = re.compile(r"PT[1-5]\d\d")
 
 
 class RestError(Exception):
@@ -54,9 +55,14 @@ class RestError(Exception):
 
 
 def pg_status(sqlstate: str, role: str) -> int:
-    """PostgREST's HTTP status for a SQLSTATE; 42501 is 401 for anon and 403 for a signed-in role."""
+    """PostgREST's HTTP status for a SQLSTATE; 42501 is 401 for anon and 403 for a signed-in role.
+
+    A custom SQLSTATE ``PTxyz`` (``raise ... using errcode = 'PT402'``) answers with status xyz.
+    """
     if sqlstate == "42501":
         return 401 if role == "anon" else 403
+    if _CUSTOM_STATUS.fullmatch(sqlstate):
+        return int(sqlstate[2:])
     for prefix, status in _STATUS_PREFIXES:
         if sqlstate.startswith(prefix):
             return status

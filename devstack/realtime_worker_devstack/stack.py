@@ -25,7 +25,7 @@ from loguru import logger
 
 from realtime_worker import config, logs
 from realtime_worker.errors import ConfigError
-from realtime_worker_devstack import postgres
+from realtime_worker_devstack import postgres, users
 from realtime_worker_devstack.faults import Faults
 from realtime_worker_devstack.server import Devstack, running
 
@@ -79,14 +79,11 @@ async def ensure_database(admin_dsn: str, name: str = DATABASE) -> str:
 
 
 async def seed_user(stack: Devstack) -> uuid.UUID:
-    """The development user (fixed id and e-mail) with 100 credits; changes nothing when present."""
+    """The development user (fixed id and e-mail), signed up with 100 credits on the first start;
+    changes nothing when present."""
     async with stack.db.admin() as conn, conn.transaction():
-        await conn.execute("insert into auth.users (id, email) values ($1, $2) on conflict do nothing",
-                           DEV_USER_ID, DEV_USER_EMAIL)
-        await conn.execute("insert into public.users (id, email) values ($1, $2) on conflict do nothing",
-                           DEV_USER_ID, DEV_USER_EMAIL)
-        await conn.execute("insert into public.credits (user_id, balance) values ($1, $2)"
-                           " on conflict do nothing", DEV_USER_ID, DEV_USER_CREDITS)
+        if not await conn.fetchval("select exists (select 1 from auth.users where id = $1)", DEV_USER_ID):
+            await users.create(conn, DEV_USER_CREDITS, user_id=DEV_USER_ID, email=DEV_USER_EMAIL)
     return DEV_USER_ID
 
 

@@ -17,7 +17,17 @@ class Migration:
 @cache
 def migrations() -> tuple[Migration, ...]:
     """The numbered migrations in the order they apply (``NNNN_name.sql``)."""
-    folder = resources.files(__package__).joinpath("migrations")
+    return _folder("migrations")
+
+
+@cache
+def hardening() -> tuple[Migration, ...]:
+    """The opt-in hardening migrations (``HNNN_name.sql``), applied after every migration."""
+    return _folder("hardening")
+
+
+def _folder(name: str) -> tuple[Migration, ...]:
+    folder = resources.files(__package__).joinpath(name)
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -46,7 +56,13 @@ def query(name: str) -> str:
     return queries()[name]
 
 
-def full_script() -> str:
-    """Every migration, concatenated, as `realtime-worker sql` prints it."""
-    parts = [f"-- realtime-worker migration {m.version}_{m.name}\n{m.sql}" for m in migrations()]
+def chosen(*, harden: bool = False) -> tuple[Migration, ...]:
+    """The migrations to apply: every numbered one, then the hardening ones with ``harden``."""
+    return migrations() + (hardening() if harden else ())
+
+
+def full_script(*, harden: bool = False) -> str:
+    """Every migration (and the hardening with ``harden``), as `realtime-worker sql` prints it."""
+    parts = [f"-- realtime-worker migration {m.version}_{m.name}\n{m.sql}"
+             for m in chosen(harden=harden)]
     return "\n".join(parts)

@@ -179,6 +179,19 @@ async def test_database_errors_keep_postgrest_status(devstack: Devstack, conn: a
     assert (minimal.status_code, minimal.content) == (204, b"")
 
 
+async def test_custom_sqlstate_pt_answers_its_status(devstack: Devstack, conn: asyncpg.Connection) -> None:
+    """PostgREST's convention: ``raise ... using errcode = 'PT402'`` answers HTTP 402."""
+    await conn.execute("""create function public.raise_as(code text) returns void language plpgsql as $$
+                          begin raise exception using errcode = code, message = 'as asked'; end $$""")
+    headers = {"apikey": devstack.service_key}
+    async with httpx.AsyncClient(base_url=f"{devstack.url}/rest/v1", headers=headers) as http:
+        answers = [await http.post("/rpc/raise_as", json={"code": code})
+                   for code in ("PT402", "PT403", "PT418", "P0001")]
+    assert [(a.status_code, a.json()["code"]) for a in answers] == [
+        (402, "PT402"), (403, "PT403"), (418, "PT418"), (400, "P0001")]
+    assert {a.json()["message"] for a in answers} == {"as asked"}
+
+
 async def test_rest_fault_answers_the_configured_status(
         devstack: Devstack, supabase_service: AsyncClient) -> None:
     devstack.faults.update({"rest_error_fraction": 1.0, "rest_error_status": 500})

@@ -19,6 +19,7 @@ from tests.helpers import make_user
 pytestmark = pytest.mark.integration
 
 PNG = file_options("image/png")
+PDF = file_options("application/pdf")
 
 
 async def raw_request(devstack: Devstack, method: str, raw_path: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -87,8 +88,9 @@ async def test_bucket_limits_and_unknown_bucket(
     assert (too_big.value.status, too_big.value.message) == (
         "413", "The object exceeded the maximum allowed size")
     with pytest.raises(StorageApiError) as bad_type:
-        await supabase_service.storage.from_("artifacts").upload("u/x.png", b"png", PNG)
-    assert (bad_type.value.status, bad_type.value.message) == ("415", "mime type image/png is not supported")
+        await supabase_service.storage.from_("intermediates").upload("u/x.pdf", b"%PDF", PDF)
+    assert (bad_type.value.status, bad_type.value.message) == (
+        "415", "mime type application/pdf is not supported")
     with pytest.raises(StorageApiError) as missing:
         await supabase_service.storage.from_("no-such-bucket").upload("u/x.png", b"png", PNG)
     assert (missing.value.status, missing.value.message) == ("404", "Bucket not found")

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from realtime_worker import migrate, sql
-from realtime_worker_devstack import postgres
+from realtime_worker_devstack import postgres, users
 from tests.conftest import Database
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ API_ROLES = ("anon", "authenticated")
 GUARD_TRIGGER = "jobs_guard_worker_columns"
 NEW_JOB_COLUMNS = {
     "attempts", "max_attempts", "run_after", "locked_by", "locked_until", "heartbeat_at",
-    "error_code", "credits_charged", "refunded_at",
+    "error_code", "credits_charged", "refunded_at", "charged_via",
 }
 
 # Each query returns rows of (key, value): one catalog object per row, keyed so that the
@@ -212,11 +212,8 @@ DATA_TABLES = ("users", "credits", "jobs", "assets", "credit_events")
 
 
 async def seed_app_rows(conn: asyncpg.Connection) -> uuid.UUID:
-    user = uuid.uuid4()
-    await conn.execute("insert into auth.users (id, email) values ($1, 'a@example.test')", user)
-    await conn.execute("""insert into public.users (id, email, last_login_at)
-                          values ($1, 'a@example.test', now() - interval '1 day')""", user)
-    await conn.execute("insert into public.credits (user_id, balance) values ($1, 7)", user)
+    user = await users.create(conn, 7)  # sign-up (3) and a purchase (4): two ledger rows
+    await conn.execute("update public.users set last_login_at = now() - interval '1 day' where id = $1", user)
     for status in ("queued", "running", "succeeded", "failed"):
         await conn.execute("""
             insert into public.jobs (user_id, status, params_json, cost_cents, model, started_at,
@@ -232,9 +229,6 @@ async def seed_app_rows(conn: asyncpg.Connection) -> uuid.UUID:
                                                          height, bytes, hash)
                               values ($1, $2::asset_kind, $3, 10, 20, 30, 'h')""",
                            user, kind, f"{user}/x/{kind}")
-    await conn.execute("""insert into public.credit_events (user_id, delta, reason, stripe_event_id)
-                          values ($1, 10, 'purchase', 'evt_1'), ($1, -1, 'generation', null)""",
-                       user)
     return user
 
 
@@ -279,6 +273,7 @@ async def test_migration_onto_existing_rows_changes_nothing_existing(empty_db: D
             assert job["run_after"] is not None
             assert job["locked_by"] is job["locked_until"] is job["heartbeat_at"] is None
             assert job["error_code"] is job["refunded_at"] is None
+            assert job["charged_via"] == "direct"  # the app inserted them: refunds by the rule of 0004
         assert await conn.fetchval("select count(*) from credit_events where job_id is null") == 2
     finally:
         await conn.close()

@@ -125,7 +125,7 @@ class World:
                               if kind is AssetKind.ORIGINAL
                               else ObjectPath("intermediates", f"{owner}/{uuid4()}/edge.png"))
         self.storage.put(where, data)
-        return self.assets.add(owner, kind, stored_as or where.qualified)
+        return self.assets.add(owner, kind, stored_as or where.name)
 
     async def run(self, params: dict[str, Any]) -> tuple[Job, JobResult]:
         job = self.job(params)
@@ -160,10 +160,10 @@ async def test_text_job_makes_the_three_outputs_where_the_app_looks(world: World
     job, result = await world.run({"text_prompt": "a tiger eating a burger"})
     assert result.model == MODEL and result.cost_cents == world.settings.cost_cents(MODEL) == 7
     assert [a.kind for a in result.assets] == [AssetKind.EDGE_MAP, AssetKind.THUMBNAIL, AssetKind.PDF]
-    assert [a.storage_path for a in result.assets] == [
-        f"intermediates/{world.user}/{job.id}/edge.png",
-        f"intermediates/{world.user}/{job.id}/thumbnail.png",
-        f"artifacts/{world.user}/{job.id}/coloring_page.pdf"]
+    assert [a.storage_path for a in result.assets] == [  # bucket-relative: the app's form
+        f"{world.user}/{job.id}/edge.png",
+        f"{world.user}/{job.id}/thumbnail.png",
+        f"{world.user}/{job.id}/coloring_page.pdf"]
     for record in result.assets:
         data, content_type = stored(world, job, record.kind)
         assert record.bytes == len(data) and record.hash == hashlib.sha256(data).hexdigest()
@@ -180,10 +180,8 @@ async def test_text_job_makes_the_three_outputs_where_the_app_looks(world: World
     assert world.metrics.registry.get_sample_value("worker_generation_seconds_count") == 1
 
 
-@pytest.mark.parametrize("stored_as", ["qualified", "relative"])
-async def test_image_job_sends_the_prepared_photo(world: World, stored_as: str) -> None:
-    relative = f"{world.user}/photo.jpg"
-    asset = world.upload(stored_as=relative if stored_as == "relative" else f"originals/{relative}")
+async def test_image_job_sends_the_prepared_photo(world: World) -> None:
+    asset = world.upload(stored_as=f"{world.user}/photo.jpg")  # as the app's upload route stores it
     job, result = await world.run({"asset_id": str(asset), "complexity": "simple"})
     assert world.generator.requests[0].image == imaging.prepare_input_photo(PHOTO)
     assert world.generator.requests[0].image_mime == "image/jpeg"
@@ -257,7 +255,7 @@ def photo_in_foreign_folder(world: World) -> dict[str, Any]:
 
 def row_without_object(world: World) -> dict[str, Any]:
     return {"asset_id": str(world.assets.add(world.user, AssetKind.ORIGINAL,
-                                              f"originals/{world.user}/gone.jpg"))}
+                                              f"{world.user}/gone.jpg"))}
 
 
 def stored_path(path: Callable[[UUID], str]) -> Setup:
@@ -294,9 +292,10 @@ INVALID: dict[str, tuple[Setup, str]] = {
     "asset of another user": (foreign_asset, PHOTO_NOT_FOUND),
     "asset row of another user": (foreign_row_in_own_folder, PHOTO_NOT_FOUND),
     "object in another user's folder": (photo_in_foreign_folder, PHOTO_NOT_FOUND),
-    "dot-dot path": (stored_path(lambda u: f"originals/{u}/../{uuid4()}/photo.jpg"), PHOTO_NOT_FOUND),
-    "encoded dot-dot path": (stored_path(lambda u: f"originals/{u}/%2e%2e/x/photo.jpg"), PHOTO_NOT_FOUND),
-    "absolute path": (stored_path(lambda u: f"/originals/{u}/photo.jpg"), PHOTO_NOT_FOUND),
+    "dot-dot path": (stored_path(lambda u: f"{u}/../{uuid4()}/photo.jpg"), PHOTO_NOT_FOUND),
+    "encoded dot-dot path": (stored_path(lambda u: f"{u}/%2e%2e/x/photo.jpg"), PHOTO_NOT_FOUND),
+    "absolute path": (stored_path(lambda u: f"/{u}/photo.jpg"), PHOTO_NOT_FOUND),
+    "path with its bucket": (stored_path(lambda u: f"originals/{u}/photo.jpg"), PHOTO_NOT_FOUND),
     "corrupt upload": (lambda w: {"asset_id": str(w.upload(NOT_AN_IMAGE))},
                        "The uploaded photo could not be read"),
     "over 24 MP": (huge_photo, "The uploaded photo is too large (at most 24 megapixels)"),
@@ -474,21 +473,18 @@ OTHER = UUID("11111111-2222-4333-8444-555555555555")
 
 def test_output_paths_are_built_from_ids() -> None:
     job = UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
-    assert output_path(AssetKind.EDGE_MAP, USER, job).qualified == f"intermediates/{USER}/{job}/edge.png"
+    assert output_path(AssetKind.EDGE_MAP, USER, job) == ObjectPath("intermediates", f"{USER}/{job}/edge.png")
     assert output_path(AssetKind.THUMBNAIL, USER, job) == ObjectPath(
         "intermediates", f"{USER}/{job}/thumbnail.png")
-    assert output_path(AssetKind.PDF, USER, job).qualified == f"artifacts/{USER}/{job}/coloring_page.pdf"
+    assert output_path(AssetKind.PDF, USER, job) == ObjectPath("artifacts", f"{USER}/{job}/coloring_page.pdf")
     with pytest.raises(TypeError):
         output_path(AssetKind.PDF, f"{USER}/..", job)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("stored_as", "kind", "expected"), [
-    (f"originals/{USER}/a/photo.jpg", AssetKind.ORIGINAL, ObjectPath("originals", f"{USER}/a/photo.jpg")),
     (f"{USER}/photo.jpg", AssetKind.ORIGINAL, ObjectPath("originals", f"{USER}/photo.jpg")),
     (f"{USER}/p.jpg", AssetKind.PREPROCESSED, ObjectPath("originals", f"{USER}/p.jpg")),
     (f"{USER}/j/edge.png", AssetKind.EDGE_MAP, ObjectPath("intermediates", f"{USER}/j/edge.png")),
-    (f"intermediates/{USER}/j/edge.png", AssetKind.EDGE_MAP,
-     ObjectPath("intermediates", f"{USER}/j/edge.png")),
     (f"{USER}/j/coloring_page.pdf", AssetKind.PDF, ObjectPath("artifacts", f"{USER}/j/coloring_page.pdf")),
 ])
 def test_input_paths_accepted(stored_as: str, kind: AssetKind, expected: ObjectPath) -> None:
@@ -500,6 +496,7 @@ def test_input_paths_accepted(stored_as: str, kind: AssetKind, expected: ObjectP
     f"originals/{USER}", f"{USER}", f"originals/{USER}/../{OTHER}/x.jpg", f"{USER}/./x.jpg",
     f"{USER}//x.jpg", f"{USER}/%2e%2e/{OTHER}/x.jpg", f"{USER}%2F..%2F{OTHER}/x.jpg",
     f"{USER}/x\\..\\y.jpg", f"{USER}/x\n.jpg", f"{USER}/%ff.jpg", f"originals/originals/{USER}/x.jpg",
+    f"originals/{USER}/a/photo.jpg", f"intermediates/{USER}/j/edge.png",  # the app never adds the bucket
 ])
 def test_input_paths_refused(stored_as: object) -> None:
     with pytest.raises(UnsafePath):
@@ -596,7 +593,7 @@ def property_world(behaviour: str) -> World:
         path = ObjectPath("originals", f"{owner}/{asset_id}.img")
         world.storage.put(path, data)
         world.assets.rows[asset_id] = AssetRow(id=asset_id, user_id=owner, kind=AssetKind.ORIGINAL,
-                                               storage_path=path.qualified)
+                                               storage_path=path.name)
     return world
 
 
