@@ -1,7 +1,9 @@
 """Test doubles shipped with the package: an in-memory queue and a scripted processor.
 
 ``InMemoryQueue`` implements the :class:`~realtime_worker.queue.JobQueue` port with the same
-rules as the SQL functions, for fast tests of the core. ``scripted`` is a processor factory whose
+rules as the SQL functions, for fast tests of the core; it reads the time from a ``Clock``
+(real time by default, or a ``FakeClock`` that moves only when told), and the contract suite in
+``tests/queue_contract`` runs against both. ``scripted`` is a processor factory whose
 behaviour each job sets in ``params_json.script``: ``{"duration": 2.5, "fail": "retryable" |
 "permanent" | "config" | "crash", "retry_after": 1}`` (``config``: Gemini refused the worker's
 configuration); it is what the worker tests run instead of Gemini
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID, uuid4
 
 import anyio
@@ -40,6 +42,35 @@ if TYPE_CHECKING:
     from realtime_worker.worker import WorkerContext
 
 
+class Clock(Protocol):
+    """Where ``InMemoryQueue`` reads the time (the database's ``now()``)."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FakeClock:
+    """A clock that moves only when told: leases expire and retries come due without sleeping."""
+
+    def __init__(self, start: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> None:
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+
+
+# The messages worker_reap_expired writes (realtime_worker/sql/migrations/0001_worker_contract.sql).
+LEASE_RETRY = "The worker running this job stopped responding; it will be retried."
+LEASE_FAILED = "The job could not be finished after several attempts."
+
+
 @dataclass
 class MemoryJob:
     job: Job
@@ -48,38 +79,59 @@ class MemoryJob:
     refunds: int = 0
     results: list[JobResult] = field(default_factory=list)
     error: str | None = None
+    error_code: str | None = None
 
 
 class InMemoryQueue:
-    """The database contract in memory; records every call in ``calls``."""
+    """The database contract in memory, rule for rule as the ``worker_*`` functions; records
+    every call in ``calls``."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
         self.jobs: dict[UUID, MemoryJob] = {}
         self.calls: list[str] = []
 
     def add(self, params: dict[str, Any] | None = None, *, max_attempts: int = 3) -> UUID:
+        now = self.clock.now()
         job = Job(id=uuid4(), user_id=uuid4(), status=JobStatus.QUEUED, params=params or {},
-                  attempts=0, max_attempts=max_attempts, created_at=_now())
-        self.jobs[job.id] = MemoryJob(job, run_after=_now())
+                  attempts=0, max_attempts=max_attempts, created_at=now)
+        self.jobs[job.id] = MemoryJob(job, run_after=now)
         return job.id
 
     def status(self, job_id: UUID) -> JobStatus:
         return self.jobs[job_id].job.status
 
+    def _in(self, seconds: float) -> datetime:
+        return self.clock.now() + timedelta(seconds=seconds)
+
     def _claim(self, item: MemoryJob, worker: str, lease: int) -> Job:
         item.job = replace(item.job, status=JobStatus.RUNNING, attempts=item.job.attempts + 1,
                            locked_by=worker)
-        item.locked_until = _now() + timedelta(seconds=lease)
+        item.locked_until = self._in(lease)
         return item.job
 
     def _due(self, item: MemoryJob) -> bool:
-        return item.job.status == JobStatus.QUEUED and item.run_after <= _now()
+        return item.job.status == JobStatus.QUEUED and item.run_after <= self.clock.now()
+
+    def _held(self, job_id: UUID, worker: str) -> MemoryJob | None:
+        """The job if ``worker`` is its ``locked_by``, whatever its status."""
+        item = self.jobs.get(job_id)
+        return item if item and item.job.locked_by == worker else None
 
     def _owned(self, job_id: UUID, worker: str) -> MemoryJob | None:
-        item = self.jobs.get(job_id)
-        if item and item.job.status == JobStatus.RUNNING and item.job.locked_by == worker:
-            return item
-        return None
+        item = self._held(job_id, worker)
+        return item if item and item.job.status == JobStatus.RUNNING else None
+
+    def _requeue(self, item: MemoryJob, delay: float, attempts: int) -> None:
+        item.job = replace(item.job, status=JobStatus.QUEUED, locked_by=None, attempts=attempts)
+        item.run_after = self._in(max(delay, 0))
+        item.locked_until = None
+
+    def _fail_for_good(self, item: MemoryJob) -> None:
+        """Failed, and the credit back: reachable once per job, since only a running job fails."""
+        item.job = replace(item.job, status=JobStatus.FAILED)
+        item.locked_until = None
+        item.refunds += 1
 
     async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
         self.calls.append("claim_job")
@@ -88,55 +140,68 @@ class InMemoryQueue:
 
     async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
         self.calls.append("claim_jobs")
-        due = [item for item in self.jobs.values() if self._due(item)][:max(limit, 0)]
-        return [self._claim(item, worker, lease_seconds) for item in due]
+        due = sorted((item for item in self.jobs.values() if self._due(item)),
+                     key=lambda item: (item.job.created_at, item.job.id))
+        return [self._claim(item, worker, lease_seconds) for item in due[:max(limit, 0)]]
 
     async def heartbeat(self, job_id: UUID, worker: str, lease_seconds: int) -> bool:
         self.calls.append("heartbeat")
         item = self._owned(job_id, worker)
         if item:
-            item.locked_until = _now() + timedelta(seconds=lease_seconds)
+            item.locked_until = self._in(lease_seconds)
         return item is not None
 
     async def complete(self, job_id: UUID, worker: str, result: JobResult) -> bool:
         self.calls.append("complete")
-        item = self._owned(job_id, worker)
-        if item:
+        item = self._held(job_id, worker)
+        if item is None or item.job.status not in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
+            return False
+        if item.job.status == JobStatus.RUNNING:
             item.job = replace(item.job, status=JobStatus.SUCCEEDED)
             item.results.append(result)
-        return item is not None
+            item.locked_until, item.error, item.error_code = None, None, None
+        return True
 
     async def fail(self, job_id: UUID, worker: str, error: str, code: str,
                    retry_in_seconds: int | None) -> str | None:
         self.calls.append("fail")
-        item = self._owned(job_id, worker)
-        if item is None:
+        item = self._held(job_id, worker)
+        if item is None or item.job.status not in (JobStatus.RUNNING, JobStatus.FAILED):
             return None
-        item.error = error
+        if item.job.status == JobStatus.FAILED:
+            return "failed"
+        item.error, item.error_code = error, code
         if retry_in_seconds is not None and item.job.attempts < item.job.max_attempts:
-            item.job = replace(item.job, status=JobStatus.QUEUED, locked_by=None)
-            item.run_after = _now() + timedelta(seconds=retry_in_seconds)
+            self._requeue(item, retry_in_seconds, item.job.attempts)
             return "queued"
-        item.job = replace(item.job, status=JobStatus.FAILED)
-        item.refunds += 1
+        self._fail_for_good(item)
         return "failed"
 
     async def release(self, job_id: UUID, worker: str) -> bool:
         self.calls.append("release")
         item = self._owned(job_id, worker)
         if item:
-            item.job = replace(item.job, status=JobStatus.QUEUED, locked_by=None,
-                               attempts=item.job.attempts - 1)
-            item.run_after = _now()
+            self._requeue(item, 0, max(item.job.attempts - 1, 0))
         return item is not None
 
     async def reap_expired(self, limit: int) -> int:
         self.calls.append("reap_expired")
-        return 0
+        now = self.clock.now()
+        expired = sorted((item for item in self.jobs.values() if item.job.status == JobStatus.RUNNING
+                          and item.locked_until is not None and item.locked_until < now),
+                         key=lambda item: item.locked_until or now)[:max(limit, 0)]
+        for item in expired:
+            self._reap(item)
+        return len(expired)
 
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+    def _reap(self, item: MemoryJob) -> None:
+        item.error_code = "lease_expired"
+        if item.job.attempts < item.job.max_attempts:
+            item.error = LEASE_RETRY
+            self._requeue(item, 0, item.job.attempts)
+        else:
+            item.error = LEASE_FAILED
+            self._fail_for_good(item)
 
 
 class ScriptedProcessor:
