@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from realtime_worker.devstack.server import running
+from realtime_worker_devstack.server import running
 from realtime_worker.queue import SupabaseQueue
 from tests.conftest import Database, _fresh
 from tests.devstack_fixtures import supabase_client
