@@ -27,6 +27,7 @@ on; running jobs go on. When the cool-down ends the dispatcher wakes itself and 
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 import time
 from collections.abc import Iterator
@@ -40,7 +41,13 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from loguru import logger
 
-from realtime_worker.errors import ConfigurationJobError, JobError, QueueError, RetryableJobError
+from realtime_worker.errors import (
+    ConfigurationJobError,
+    JobError,
+    QueueError,
+    QuotaJobError,
+    RetryableJobError,
+)
 from realtime_worker.jobs import Backoff, Job, JobResult, lease_owner, retry_delay
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import ConfigBreaker, PauseSettings, PauseStatus
@@ -397,6 +404,8 @@ class Dispatcher:
                     await self._complete(run, outcome)
                 elif isinstance(outcome, ConfigurationJobError):
                     await self._give_back(run, outcome)
+                elif isinstance(outcome, QuotaJobError):
+                    await self._defer(run, outcome)
                 else:
                     await self._fail(run, outcome)
                 return
@@ -427,6 +436,23 @@ class Dispatcher:
             log.bind(event="job_failed").warning(f"job failed: {error.user_message}")
         else:
             log.bind(event="job_fail_refused").warning("failure not recorded: lease lost")
+
+    async def _defer(self, run: JobRun, error: QuotaJobError) -> None:
+        """Gemini's quota had no room: back to the queue when Gemini said, the attempt not
+        counted; the job fails (refunded) only when its budget of deferrals is spent."""
+        job = run.job
+        delay = math.ceil(error.retry_after if error.retry_after is not None
+                          else self._s.backoff.delay(1))
+        status = await self._queue.defer(job.id, run.claim.owner, error.user_message, error.code, delay)
+        log = self._log(run).bind(error_code=error.code, retry_in_seconds=delay)
+        if status == "queued":
+            self._metrics.deferred.labels(error.code).inc()
+            log.bind(event="job_deferred").info(f"deferred: {error.user_message}")
+        elif status == "failed":
+            self._metrics.failed.labels(error.code).inc()
+            log.bind(event="job_failed").warning(f"job failed, deferred too often: {error.user_message}")
+        else:
+            log.bind(event="job_defer_refused").warning("deferral not recorded: lease lost")
 
     async def _give_back(self, run: JobRun, error: ConfigurationJobError) -> None:
         """Not the job's fault: back to the queue, the attempt not counted, nothing refunded.

@@ -23,6 +23,10 @@ class Metrics:
                               ["code"], registry=r)
         self.retried = Counter("worker_jobs_retried", "Jobs requeued for a retry, by error code",
                                ["code"], registry=r)
+        self.deferred = Counter(
+            "worker_jobs_deferred",
+            "Jobs sent back to the queue because Gemini's quota had no room, by error code",
+            ["code"], registry=r)
         self.released = Counter("worker_jobs_released", "Jobs given back unfinished, by reason",
                                 ["reason"], registry=r)
         self.config_pauses = Counter(

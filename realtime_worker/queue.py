@@ -28,6 +28,9 @@ class JobQueue(Protocol):
     async def fail(self, job_id: UUID, worker: str, error: str, code: str,
                    retry_in_seconds: int | None) -> str | None: ...
 
+    async def defer(self, job_id: UUID, worker: str, error: str, code: str,
+                    retry_in_seconds: int) -> str | None: ...
+
     async def release(self, job_id: UUID, worker: str) -> bool: ...
 
     async def reap_expired(self, limit: int) -> int: ...
@@ -66,6 +69,11 @@ class SupabaseQueue:
 
         return cls(rpc, metrics, on_success)
 
+    async def call(self, name: str, params: dict[str, Any]) -> Any:
+        """One RPC through this adapter (counted, errors as :class:`QueueError`): for the other
+        ``worker_*`` functions, such as the Gemini budget's (``budget.SupabaseBudget``)."""
+        return await self._call(name, params)
+
     async def _call(self, name: str, params: dict[str, Any]) -> Any:
         if self._metrics is not None:
             self._metrics.db_requests.labels(name).inc()
@@ -101,6 +109,13 @@ class SupabaseQueue:
     async def fail(self, job_id: UUID, worker: str, error: str, code: str,
                    retry_in_seconds: int | None) -> str | None:
         status = await self._call("worker_fail_job", {
+            "p_job_id": str(job_id), "p_worker": worker, "p_error": error,
+            "p_error_code": code, "p_retry_in_seconds": retry_in_seconds})
+        return str(status) if status is not None else None
+
+    async def defer(self, job_id: UUID, worker: str, error: str, code: str,
+                    retry_in_seconds: int) -> str | None:
+        status = await self._call("worker_defer_job", {
             "p_job_id": str(job_id), "p_worker": worker, "p_error": error,
             "p_error_code": code, "p_retry_in_seconds": retry_in_seconds})
         return str(status) if status is not None else None

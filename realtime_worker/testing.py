@@ -5,8 +5,9 @@ rules as the SQL functions, for fast tests of the core; it reads the time from a
 (real time by default, or a ``FakeClock`` that moves only when told), and the contract suite in
 ``tests/queue_contract`` runs against both. ``scripted`` is a processor factory whose
 behaviour each job sets in ``params_json.script``: ``{"duration": 2.5, "fail": "retryable" |
-"permanent" | "config" | "crash", "retry_after": 1}`` (``config``: Gemini refused the worker's
-configuration); it is what the worker tests run instead of Gemini
+"permanent" | "config" | "quota" | "crash", "retry_after": 1}`` (``config``: Gemini refused the
+worker's configuration; ``quota``: a 429, the job is deferred); it is what the worker tests run
+instead of Gemini
 (``realtime-worker run --processor realtime_worker.testing:scripted``). With
 ``SCRIPTED_CALL_LOG`` set, every call appends ``<job id> <worker id>`` to that file.
 ``InMemoryStorage`` and ``InMemoryAssets`` implement the Storage and assets ports of the
@@ -31,6 +32,7 @@ from realtime_worker.dispatcher import Processor
 from realtime_worker.errors import (
     ConfigurationJobError,
     PermanentJobError,
+    QuotaJobError,
     RetryableJobError,
     StorageError,
 )
@@ -80,6 +82,11 @@ class MemoryJob:
     results: list[JobResult] = field(default_factory=list)
     error: str | None = None
     error_code: str | None = None
+    deferrals: int = 0
+
+
+# A job's budget of deferrals (worker_defer_job in 0010_quota_deferrals.sql).
+MAX_DEFERRALS = 20
 
 
 class InMemoryQueue:
@@ -165,6 +172,10 @@ class InMemoryQueue:
     async def fail(self, job_id: UUID, worker: str, error: str, code: str,
                    retry_in_seconds: int | None) -> str | None:
         self.calls.append("fail")
+        return self._fail(job_id, worker, error, code, retry_in_seconds)
+
+    def _fail(self, job_id: UUID, worker: str, error: str, code: str,
+              retry_in_seconds: int | None) -> str | None:
         item = self._held(job_id, worker)
         if item is None or item.job.status not in (JobStatus.RUNNING, JobStatus.FAILED):
             return None
@@ -176,6 +187,17 @@ class InMemoryQueue:
             return "queued"
         self._fail_for_good(item)
         return "failed"
+
+    async def defer(self, job_id: UUID, worker: str, error: str, code: str,
+                    retry_in_seconds: int) -> str | None:
+        self.calls.append("defer")
+        item = self._owned(job_id, worker)
+        if item is None or item.deferrals >= MAX_DEFERRALS:  # as a failure without a retry
+            return self._fail(job_id, worker, error, code, None)
+        item.error, item.error_code = error, code
+        item.deferrals += 1
+        self._requeue(item, retry_in_seconds, max(item.job.attempts - 1, 0))
+        return "queued"
 
     async def release(self, job_id: UUID, worker: str) -> bool:
         self.calls.append("release")
@@ -225,6 +247,9 @@ class ScriptedProcessor:
                                     retry_after=script.get("retry_after"))
         if fail == "permanent":
             raise PermanentJobError("Scripted permanent failure", code="scripted_permanent")
+        if fail == "quota":
+            raise QuotaJobError("Gemini is rate limiting us", code="rate_limited",
+                                retry_after=script.get("retry_after"))
         if fail == "config":
             raise ConfigurationJobError("Scripted configuration failure", code="scripted_config")
         if fail == "crash":

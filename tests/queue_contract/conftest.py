@@ -12,8 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from realtime_worker_devstack.server import running
 from realtime_worker.queue import SupabaseQueue
+from realtime_worker_devstack.server import running
 from tests.conftest import Database, _fresh
 from tests.devstack_fixtures import supabase_client
 from tests.queue_contract.harness import Harness, MemoryHarness, SqlHarness

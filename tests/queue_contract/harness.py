@@ -31,6 +31,7 @@ class JobState:
     refunds: int
     model: str | None
     assets: list[str]
+    deferrals: int
 
 
 class Harness(Protocol):
@@ -65,7 +66,8 @@ class MemoryHarness:
             status=item.job.status, attempts=item.job.attempts, locked_by=item.job.locked_by,
             error=item.error, error_code=item.error_code, refunds=item.refunds,
             model=item.results[-1].model if item.results else None,
-            assets=sorted(asset.storage_path for result in item.results for asset in result.assets))
+            assets=sorted(asset.storage_path for result in item.results for asset in result.assets),
+            deferrals=item.deferrals)
 
 
 SHIFT = """
@@ -103,4 +105,4 @@ class SqlHarness:
         return JobState(
             status=JobStatus(row["status"]), attempts=row["attempts"], locked_by=row["locked_by"],
             error=row["error"], error_code=row["error_code"], refunds=await refunds(self._conn, job_id),
-            model=row["model"], assets=[p["storage_path"] for p in paths])
+            model=row["model"], assets=[p["storage_path"] for p in paths], deferrals=row["deferrals"])
