@@ -95,6 +95,10 @@ class WorkerSettings(ToolSettings):
     gemini_base_url: str | None = Field(None, validation_alias="GEMINI_BASE_URL")
     gemini_model: str = Field(DEFAULT_MODEL, validation_alias="GEMINI_MODEL", min_length=1)
     gemini_timeout_seconds: float = Field(120.0, validation_alias="GEMINI_TIMEOUT_SECONDS", gt=0)
+    # The fleet's Gemini budget (docs/scaling.md): 0 leaves it off (each process meets 429s alone).
+    gemini_rpm: float = Field(0.0, validation_alias="GEMINI_RPM", ge=0)
+    gemini_max_concurrent: int = Field(16, validation_alias="GEMINI_MAX_CONCURRENT", ge=1, le=10_000)
+    gemini_budget_wait_seconds: float = Field(30.0, validation_alias="GEMINI_BUDGET_WAIT_SECONDS", ge=0)
     worker_mode: Literal["realtime", "poll"] = Field("realtime", validation_alias="WORKER_MODE")
     poll_interval_seconds: float = Field(5.0, validation_alias="POLL_INTERVAL_SECONDS", gt=0)
     sweep_interval_seconds: float = Field(30.0, validation_alias="SWEEP_INTERVAL_SECONDS", gt=0)

@@ -31,6 +31,11 @@ CONTRACT = {
     "worker_defer_job": ("p_job_id uuid, p_worker text, p_error text, p_error_code text, "
                          "p_retry_in_seconds integer", "text"),
     "worker_reap_expired": ("p_limit integer", "integer"),
+    "worker_gemini_acquire": ("p_model text, p_worker text, p_rpm double precision, "
+                              "p_max_concurrent integer, p_max_wait_seconds double precision, "
+                              "p_lease_seconds integer", "jsonb"),
+    "worker_gemini_release": ("p_grant uuid, p_outcome text, p_retry_in_seconds double precision",
+                              "double precision"),
 }
 API_ROLES = ("anon", "authenticated")
 GUARD_TRIGGER = "jobs_guard_worker_columns"
