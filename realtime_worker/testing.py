@@ -97,10 +97,13 @@ class InMemoryQueue:
         self.clock: Clock = clock or SystemClock()
         self.jobs: dict[UUID, MemoryJob] = {}
         self.calls: list[str] = []
+        self.turns: dict[UUID, int] = {}  # user -> the claim_jobs call that last served the user
+        self._turn = 0
 
-    def add(self, params: dict[str, Any] | None = None, *, max_attempts: int = 3) -> UUID:
+    def add(self, params: dict[str, Any] | None = None, *, max_attempts: int = 3,
+            user_id: UUID | None = None) -> UUID:
         now = self.clock.now()
-        job = Job(id=uuid4(), user_id=uuid4(), status=JobStatus.QUEUED, params=params or {},
+        job = Job(id=uuid4(), user_id=user_id or uuid4(), status=JobStatus.QUEUED, params=params or {},
                   attempts=0, max_attempts=max_attempts, created_at=now)
         self.jobs[job.id] = MemoryJob(job, run_after=now)
         return job.id
@@ -147,9 +150,24 @@ class InMemoryQueue:
 
     async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
         self.calls.append("claim_jobs")
-        due = sorted((item for item in self.jobs.values() if self._due(item)),
-                     key=lambda item: (item.job.created_at, item.job.id))
-        return [self._claim(item, worker, lease_seconds) for item in due[:max(limit, 0)]]
+        self._turn += 1
+        chosen = self._turns_first(max(limit, 0))
+        for item in chosen:
+            self.turns[item.job.user_id] = self._turn
+        return [self._claim(item, worker, lease_seconds) for item in chosen]
+
+    def _turns_first(self, limit: int) -> list[MemoryJob]:
+        """As worker_claim_jobs (0012_fair_claims.sql): each user's oldest due job, the user
+        served longest ago first; then the oldest due jobs."""
+        def age(item: MemoryJob) -> tuple[Any, UUID]:
+            return item.job.created_at, item.job.id
+
+        due = sorted((item for item in self.jobs.values() if self._due(item)), key=age)
+        heads = list({item.job.user_id: item for item in reversed(due)}.values())
+        heads = sorted(heads, key=lambda item: (self.turns.get(item.job.user_id, 0), *age(item)))
+        chosen = heads[:limit]
+        rest = [item for item in due[:limit] if item not in chosen]
+        return (chosen + rest)[:limit]
 
     async def heartbeat(self, job_id: UUID, worker: str, lease_seconds: int) -> bool:
         self.calls.append("heartbeat")

@@ -94,6 +94,29 @@ async def test_claim_jobs_takes_the_oldest_due_first_up_to_the_limit(harness: Ha
     assert (await harness.state(ids[0])).status == JobStatus.QUEUED
 
 
+async def test_claim_jobs_takes_turns_between_users(harness: Harness) -> None:
+    burst = []
+    for _ in range(5):
+        burst.append(await harness.add(user="a"))
+        await harness.advance(1)
+    single = await harness.add(user="b")
+    await harness.advance(1)
+    order = [job.id for _ in range(4) for job in await harness.queue.claim_jobs(B, 1, 60)]
+    # a's oldest first (nobody served yet, it is older), then b (a was just served), then a again
+    assert order == [burst[0], single, burst[1], burst[2]]
+
+
+async def test_a_batch_takes_each_users_oldest_first_then_the_oldest(harness: Harness) -> None:
+    burst = []
+    for _ in range(4):
+        burst.append(await harness.add(user="a"))
+        await harness.advance(1)
+    others = [await harness.add(user="b"), await harness.add(user="c")]
+    first = await harness.queue.claim_jobs(B, 4, 60)
+    assert {job.id for job in first} == {burst[0], *others, burst[1]}
+    assert {job.id for job in await harness.queue.claim_jobs(B, 10, 60)} == set(burst[2:])
+
+
 async def test_claim_jobs_with_no_room_claims_nothing(harness: Harness) -> None:
     job_id = await harness.add()
     assert await harness.queue.claim_jobs(A, 0, 60) == []
