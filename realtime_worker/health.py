@@ -16,10 +16,12 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 from loguru import logger
 
+from realtime_worker.errors import QueueError
 from realtime_worker.metrics import Metrics
 
 if TYPE_CHECKING:
     from realtime_worker.pause import PauseStatus
+    from realtime_worker.queue import QueueDepth
 
 
 def _no_config_pause() -> PauseStatus | None:
@@ -41,6 +43,8 @@ class HealthState:
     database_ok_at: float | None = None
     database_check: Callable[[], Awaitable[None]] | None = None
     database_fresh_seconds: float = 30.0
+    # The queue's depth, read once per scrape of /metrics (never on a timer).
+    queue_depth: Callable[[], Awaitable[QueueDepth]] | None = None
     started_at: float = field(default_factory=time.monotonic)
 
     def mark_database_ok(self) -> None:
@@ -81,6 +85,7 @@ def build_app(state: HealthState, metrics: Metrics) -> web.Application:
         return web.json_response(body, status=200 if ok else 503)
 
     async def metrics_text(_: web.Request) -> web.Response:
+        await _read_depth(state, metrics)
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
     app = web.Application()
@@ -88,6 +93,19 @@ def build_app(state: HealthState, metrics: Metrics) -> web.Application:
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_text)
     return app
+
+
+async def _read_depth(state: HealthState, metrics: Metrics) -> None:
+    """Fresh queue gauges for this scrape; on a database error they keep their last values."""
+    if state.queue_depth is None:
+        return
+    try:
+        depth = await state.queue_depth()
+    except QueueError as exc:  # a scrape must not fail because the database did
+        logger.bind(event="queue_depth_failed").warning(f"queue depth not read: {exc}")
+        return
+    metrics.queue_due.set(depth.due)
+    metrics.queue_oldest_age.set(depth.oldest_due_age_seconds)
 
 
 def _pause_json(pause: PauseStatus | None) -> dict[str, Any] | None:

@@ -52,6 +52,13 @@ class Metrics:
                               registry=r)
         self.db_requests = Counter("worker_db_requests", "Database contract calls, by function",
                                    ["function"], registry=r)
+        self.queue_due = Gauge("worker_queue_due_jobs",
+                               "Queued jobs due now, fleet-wide (read when /metrics is scraped)",
+                               registry=r)
+        self.queue_oldest_age = Gauge(
+            "worker_queue_oldest_due_age_seconds",
+            "How long the oldest due queued job has waited, fleet-wide (read when scraped)",
+            registry=r)
         self.generation = Histogram("worker_generation_seconds", "Image generation latency",
                                     buckets=_DURATION_BUCKETS, registry=r)
 

@@ -8,6 +8,7 @@ implements the same port for tests of the core.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -37,6 +38,14 @@ class JobQueue(Protocol):
 
 
 RpcCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Queued jobs that are due now, and how long the oldest of them has waited."""
+
+    due: int
+    oldest_due_age_seconds: float
 
 
 def _queue_error(name: str, exc: Exception) -> QueueError | None:
@@ -126,3 +135,8 @@ class SupabaseQueue:
 
     async def reap_expired(self, limit: int) -> int:
         return int(await self._call("worker_reap_expired", {"p_limit": limit}) or 0)
+
+    async def depth(self) -> QueueDepth:
+        """One cheap query (``worker_queue_depth``), for /metrics at scrape time."""
+        data = await self._call("worker_queue_depth", {})
+        return QueueDepth(int(data["due"]), float(data["oldest_due_age_seconds"]))

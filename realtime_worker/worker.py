@@ -150,6 +150,7 @@ class Worker:
         async with supabase_client(self.settings) as client:
             queue = SupabaseQueue.from_client(client, self.metrics, self.health.mark_database_ok)
             self.health.database_check = lambda: _ping(queue)
+            self.health.queue_depth = queue.depth
             if self.settings.pause_worker:
                 await self._paused()
                 return

@@ -36,6 +36,7 @@ CONTRACT = {
                               "p_lease_seconds integer", "jsonb"),
     "worker_gemini_release": ("p_grant uuid, p_outcome text, p_retry_in_seconds double precision",
                               "double precision"),
+    "worker_queue_depth": ("", "jsonb"),
 }
 API_ROLES = ("anon", "authenticated")
 GUARD_TRIGGER = "jobs_guard_worker_columns"
