@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 import yaml
 
+from bench.fleet import keda_instances, scaled_object, scaler_query
 from tests.helpers import insert_job, make_user
 
 pytestmark = pytest.mark.integration
@@ -21,30 +22,15 @@ CLOUDRUN = Path(__file__).resolve().parents[2] / "deploy" / "cloudrun"
 JOB_SECONDS = 20
 
 
-def scaled_object() -> dict[str, Any]:
-    config = yaml.safe_load((CLOUDRUN / "crema.yaml").read_text("utf-8"))
-    [scaled] = config["spec"]["scaledObjects"]
-    spec: dict[str, Any] = scaled["spec"]
-    return spec
-
-
 def pool_env() -> dict[str, str]:
     pool = yaml.safe_load((CLOUDRUN / "workerpool.yaml").read_text("utf-8"))
     [container] = pool["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
-def keda_instances(metric: float, spec: dict[str, Any]) -> int:
-    """KEDA's AverageValue rule for one trigger: ceil(metric / target), within min..max."""
-    target = float(spec["triggers"][0]["metadata"]["targetQueryValue"])
-    wanted = math.ceil(metric / target)
-    return max(int(spec["minReplicaCount"]), min(int(spec["maxReplicaCount"]), wanted))
-
-
 async def scaler_metric(conn: asyncpg.Connection, spec: dict[str, Any]) -> float:
-    [trigger] = spec["triggers"]
-    assert trigger["type"] == "postgresql"
-    value = await conn.fetchval(trigger["metadata"]["query"])  # exactly what the scaler runs
+    assert spec["triggers"][0]["type"] == "postgresql"
+    value = await conn.fetchval(scaler_query(spec))  # exactly what the scaler runs
     return float(value)
 
 
