@@ -113,9 +113,18 @@ def spawn_workers(stack: Devstack, scenario: Scenario, folder: Path) -> list[Wor
         env.pop("DATABASE_URL", None)
         if scenario.pythonpath:
             env["PYTHONPATH"] = scenario.pythonpath
-        command = [sys.executable, "-m", "realtime_worker", "run"]
-        workers.append(Worker(Child.spawn(command, env, folder / f"{scenario.name}-{n}.log"), port))
+        workers.append(Worker(spawn(env, scenario.pythonpath or str(ROOT),
+                                    folder / f"{scenario.name}-{n}.log"), port))
     return workers
+
+
+def spawn(env: dict[str, str], cwd: str, log: Path) -> Child:
+    """``python -m realtime_worker run`` in ``cwd``: ``-m`` looks there first, so the baseline's
+    tree is the one imported (ahead of this checkout, installed in editable mode)."""
+    with log.open("ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "realtime_worker", "run"], env=env, cwd=cwd,
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Child(process, log)
 
 
 async def load(conn: asyncpg.Connection, burst: int) -> tuple[uuid.UUID, uuid.UUID]:
