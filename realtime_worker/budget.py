@@ -89,9 +89,10 @@ class BudgetedGenerator:
         self._inner, self._budget, self._s, self._worker = inner, budget, settings, worker
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        grant = await self._acquire()
+        grant, wait = await self._acquire()
         error: JobError | None = None
         try:
+            await anyio.sleep(wait)  # the grant's start time; cancelled, the grant is still freed
             return await self._inner.generate(request)
         except JobError as exc:
             error = exc
@@ -100,15 +101,14 @@ class BudgetedGenerator:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._release(grant, error)
 
-    async def _acquire(self) -> str:
-        """A grant, once its start time has come; QuotaJobError when there is no room in time."""
+    async def _acquire(self) -> tuple[str, float]:
+        """A grant and the seconds until its start; QuotaJobError when there is no room in time."""
         deadline = time.monotonic() + self._s.max_wait_seconds
         while True:
             left = max(deadline - time.monotonic(), 0.0)
             answer = await self._ask(left)
             if answer.granted and answer.grant is not None:
-                await anyio.sleep(answer.wait_seconds)
-                return answer.grant
+                return answer.grant, answer.wait_seconds
             if answer.reason == "rate" or answer.wait_seconds > left:
                 raise QuotaJobError(WAITING_MESSAGE, code="rate_limited",
                                     retry_after=max(answer.wait_seconds, 1.0))

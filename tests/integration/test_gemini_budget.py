@@ -197,3 +197,15 @@ async def test_a_429_through_the_adapter_defers_the_next_job_for_the_hold(
         with pytest.raises(PermanentJobError):
             await budgeted(rpc, refused).generate(REQUEST)
         assert await conn.fetchval("select count(*) from realtime_worker.gemini_grants") == 0
+
+
+async def test_a_run_cancelled_while_waiting_for_its_turn_frees_its_grant(
+        devstack: Devstack, conn: asyncpg.Connection) -> None:
+    async with supabase_client(devstack.url, devstack.service_key) as client:
+        rpc = SupabaseQueue.from_client(client).call
+        await budgeted(rpc, ScriptedGemini(), rpm=12, wait=10).generate(REQUEST)  # next in 5 s
+        waiting = ScriptedGemini()
+        with anyio.move_on_after(1):
+            await budgeted(rpc, waiting, rpm=12, wait=10).generate(REQUEST)
+        assert waiting.calls == 0
+        assert await conn.fetchval("select count(*) from realtime_worker.gemini_grants") == 0
