@@ -105,6 +105,31 @@ def report(small: dict[str, tuple[float, ...]], large: dict[str, tuple[float, ..
     print(f"target: p50 at 1M within 2x of p50 at 1k -> worst p50 ratio {worst:.2f}x ({verdict})")
 
 
+BACKLOG_USERS, BACKLOG_BURST = 50, 1_000
+
+
+async def time_backlog_claims(conn: asyncpg.Connection, count: int) -> tuple[float, ...]:
+    """worker_claim_jobs(limit 1) with a backlog: one user's burst of BACKLOG_BURST queued jobs
+    and one queued job each of BACKLOG_USERS - 1 others (the turns between users read every
+    user's head). Each claim takes one job of the backlog, which is then finished."""
+    users = [await make_user(conn) for _ in range(BACKLOG_USERS)]
+    for n in range(BACKLOG_BURST):
+        await queue_job(conn, users[0])
+        if n < BACKLOG_USERS - 1:
+            await queue_job(conn, users[n + 1])
+    await conn.execute("analyze public.jobs")
+    timings = []
+    for index in range(WARM_UP + count):
+        start = time.perf_counter()
+        claimed = await conn.fetchval("select id from worker_claim_jobs('bench', 1, $1)", LEASE)
+        elapsed = time.perf_counter() - start
+        await conn.execute("update public.jobs set status = 'succeeded', ended_at = now() "
+                           "where id = $1", claimed)
+        if index >= WARM_UP:
+            timings.append(elapsed * 1000)
+    return Spread.of(timings).percentiles
+
+
 async def run(dsn: str, count: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -117,12 +142,16 @@ async def run(dsn: str, count: int) -> None:
         await add_finished_jobs(conn, user, SMALL + 1, LARGE)
         filled = time.perf_counter() - started
         large = await measure(conn, user, count)
+        backlog = await time_backlog_claims(conn, count)
     finally:
         await conn.close()
     print(f"Postgres {version}; {count} claims per function and size, one asyncpg connection, "
           f"{WARM_UP} warm-up claims discarded; adding {LARGE - SMALL:,} finished jobs took "
           f"{filled:.1f} s")
     report(small, large)
+    print(f"worker_claim_jobs(limit 1), 1M finished and a backlog of {BACKLOG_BURST + BACKLOG_USERS - 1:,}"
+          f" queued jobs of {BACKLOG_USERS} users: p50 {backlog[0]:.3f}, p95 {backlog[1]:.3f},"
+          f" p99 {backlog[2]:.3f} ms")
 
 
 def main(count: int) -> None:

@@ -73,6 +73,10 @@ class TimedQueue:
                    retry_in_seconds: int | None) -> str | None:
         return await self._inner.fail(job_id, worker, error, code, retry_in_seconds)
 
+    async def defer(self, job_id: uuid.UUID, worker: str, error: str, code: str,
+                    retry_in_seconds: int) -> str | None:
+        return await self._inner.defer(job_id, worker, error, code, retry_in_seconds)
+
     async def release(self, job_id: uuid.UUID, worker: str) -> bool:
         return await self._inner.release(job_id, worker)
 

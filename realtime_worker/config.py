@@ -111,6 +111,10 @@ class WorkerSettings(ToolSettings):
     gemini_model: str = Field(DEFAULT_MODEL, validation_alias="GEMINI_MODEL", min_length=1)
     gemini_timeout_seconds: float = Field(120.0, validation_alias="GEMINI_TIMEOUT_SECONDS", gt=0)
     job_timeout_seconds: float = Field(300.0, validation_alias="JOB_TIMEOUT_SECONDS", gt=0)
+    # The fleet's Gemini budget (docs/scaling.md): 0 leaves it off (each process meets 429s alone).
+    gemini_rpm: float = Field(0.0, validation_alias="GEMINI_RPM", ge=0)
+    gemini_max_concurrent: int = Field(16, validation_alias="GEMINI_MAX_CONCURRENT", ge=1, le=10_000)
+    gemini_budget_wait_seconds: float = Field(30.0, validation_alias="GEMINI_BUDGET_WAIT_SECONDS", ge=0)
     worker_mode: Literal["realtime", "poll"] = Field("realtime", validation_alias="WORKER_MODE")
     wakeup_source: Literal["postgres_changes", "broadcast"] = Field(
         "postgres_changes", validation_alias="WAKEUP_SOURCE")

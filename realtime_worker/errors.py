@@ -66,3 +66,11 @@ class RetryableJobError(JobError):
 
 class ConfigurationJobError(PermanentJobError):
     """The job failed because the worker is misconfigured (bad key, retired model)."""
+
+
+class QuotaJobError(RetryableJobError):
+    """Gemini's quota (or the fleet's budget of it) has no room now: not the job's fault.
+
+    The job is deferred (``worker_defer_job``): back to the queue after ``retry_after`` seconds,
+    the attempt not counted, within the job's own budget of deferrals.
+    """

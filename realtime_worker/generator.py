@@ -22,6 +22,7 @@ from realtime_worker.errors import (
     ConfigurationJobError,
     JobError,
     PermanentJobError,
+    QuotaJobError,
     RetryableJobError,
 )
 
@@ -236,12 +237,12 @@ def _name(value: Any) -> str | None:
 # --- error details ---------------------------------------------------------------------------
 
 
-def _rate_limited(body: Any) -> RetryableJobError:
+def _rate_limited(body: Any) -> QuotaJobError:
     delay = _retry_delay(body)
     if _is_daily_quota(body):
         after = max(delay or 0.0, DAILY_QUOTA_DELAY)
-        return RetryableJobError("Gemini's daily quota is used up", code="daily_quota", retry_after=after)
-    return RetryableJobError("Gemini is rate limiting us", code="rate_limited", retry_after=delay)
+        return QuotaJobError("Gemini's daily quota is used up", code="daily_quota", retry_after=after)
+    return QuotaJobError("Gemini is rate limiting us", code="rate_limited", retry_after=delay)
 
 
 def _error_details(body: Any) -> list[dict[str, Any]]:

@@ -23,6 +23,10 @@ class Metrics:
                               ["code"], registry=r)
         self.retried = Counter("worker_jobs_retried", "Jobs requeued for a retry, by error code",
                                ["code"], registry=r)
+        self.deferred = Counter(
+            "worker_jobs_deferred",
+            "Jobs sent back to the queue because Gemini's quota had no room, by error code",
+            ["code"], registry=r)
         self.released = Counter("worker_jobs_released", "Jobs given back unfinished, by reason",
                                 ["reason"], registry=r)
         self.config_pauses = Counter(
@@ -51,6 +55,13 @@ class Metrics:
                               registry=r)
         self.db_requests = Counter("worker_db_requests", "Database contract calls, by function",
                                    ["function"], registry=r)
+        self.queue_due = Gauge("worker_queue_due_jobs",
+                               "Queued jobs due now, fleet-wide (read when /metrics is scraped)",
+                               registry=r)
+        self.queue_oldest_age = Gauge(
+            "worker_queue_oldest_due_age_seconds",
+            "How long the oldest due queued job has waited, fleet-wide (read when scraped)",
+            registry=r)
         self.generation = Histogram("worker_generation_seconds", "Image generation latency",
                                     buckets=_DURATION_BUCKETS, registry=r)
 

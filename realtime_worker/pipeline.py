@@ -14,6 +14,7 @@ process, the Storage and assets adapters over the worker's Supabase client.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -28,8 +29,9 @@ from loguru import logger
 
 from realtime_worker import imaging, limits, memory, paths, pdf_page, prompts
 from realtime_worker.assets import AssetLookupError, Assets, SupabaseAssets
+from realtime_worker.budget import BudgetedGenerator, BudgetSettings, SupabaseBudget
 from realtime_worker.config import WorkerSettings
-from realtime_worker.errors import JobError, PermanentJobError, RetryableJobError, StorageError
+from realtime_worker.errors import ConfigError, JobError, PermanentJobError, RetryableJobError, StorageError
 from realtime_worker.generator import GeminiGenerator, GeneratedImage, GenerationRequest, Generator
 from realtime_worker.jobs import (
     AssetKind,
@@ -43,6 +45,7 @@ from realtime_worker.jobs import (
 )
 from realtime_worker.metrics import Metrics
 from realtime_worker.paths import ObjectPath, UnsafePath
+from realtime_worker.queue import SupabaseQueue
 from realtime_worker.run import Processor
 from realtime_worker.storage import ObjectNotFound, Storage, StorageUnavailable, SupabaseStorage
 
@@ -293,12 +296,27 @@ def gemini_generator(settings: WorkerSettings) -> GeminiGenerator:
                            settings.gemini_base_url, settings.gemini_timeout_seconds)
 
 
+def budgeted(generator: Generator, context: WorkerContext) -> Generator:
+    """The generator behind the fleet's Gemini budget when GEMINI_RPM is set (docs/scaling.md)."""
+    s = context.settings
+    if s.gemini_rpm <= 0:
+        return generator
+    if context.rpc is None:
+        raise ConfigError("configuration error: GEMINI_RPM needs the worker's RPC adapter")
+    rpc = SupabaseQueue(context.rpc, context.metrics).call
+    limits = BudgetSettings(model=s.gemini_model, rpm=s.gemini_rpm,
+                            max_concurrent=s.gemini_max_concurrent,
+                            max_wait_seconds=s.gemini_budget_wait_seconds,
+                            lease_seconds=math.ceil(s.gemini_timeout_seconds) + 60)
+    return BudgetedGenerator(generator, SupabaseBudget(rpc), limits, s.worker_id)
+
+
 @asynccontextmanager
 async def open_pipeline(context: WorkerContext) -> AsyncIterator[Processor]:
     """The default processor factory: one Gemini client and one CPU limiter for the process."""
     settings = context.settings
-    generator = gemini_generator(settings)
-    logger.bind(event="pipeline_ready", model=settings.gemini_model,
+    generator = budgeted(gemini_generator(settings), context)
+    logger.bind(event="pipeline_ready", model=settings.gemini_model, gemini_rpm=settings.gemini_rpm,
                 image_threads=settings.image_threads,
                 clean_line_art=settings.clean_line_art).info("pipeline ready")
     try:

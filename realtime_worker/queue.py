@@ -8,6 +8,7 @@ implements the same port for tests of the core.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -28,12 +29,23 @@ class JobQueue(Protocol):
     async def fail(self, job_id: UUID, worker: str, error: str, code: str,
                    retry_in_seconds: int | None) -> str | None: ...
 
+    async def defer(self, job_id: UUID, worker: str, error: str, code: str,
+                    retry_in_seconds: int) -> str | None: ...
+
     async def release(self, job_id: UUID, worker: str) -> bool: ...
 
     async def reap_expired(self, limit: int) -> int: ...
 
 
 RpcCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Queued jobs that are due now, and how long the oldest of them has waited."""
+
+    due: int
+    oldest_due_age_seconds: float
 
 
 def _queue_error(name: str, exc: Exception) -> QueueError | None:
@@ -56,6 +68,11 @@ class SupabaseQueue:
         self._rpc = rpc
         self._metrics = metrics
         self._on_success = on_success
+
+    async def call(self, name: str, params: dict[str, Any]) -> Any:
+        """One RPC through this adapter (counted, errors as :class:`QueueError`): for the other
+        ``worker_*`` functions, such as the Gemini budget's (``budget.SupabaseBudget``)."""
+        return await self._call(name, params)
 
     async def _call(self, name: str, params: dict[str, Any]) -> Any:
         if self._metrics is not None:
@@ -96,9 +113,21 @@ class SupabaseQueue:
             "p_error_code": code, "p_retry_in_seconds": retry_in_seconds})
         return str(status) if status is not None else None
 
+    async def defer(self, job_id: UUID, worker: str, error: str, code: str,
+                    retry_in_seconds: int) -> str | None:
+        status = await self._call("worker_defer_job", {
+            "p_job_id": str(job_id), "p_worker": worker, "p_error": error,
+            "p_error_code": code, "p_retry_in_seconds": retry_in_seconds})
+        return str(status) if status is not None else None
+
     async def release(self, job_id: UUID, worker: str) -> bool:
         return bool(await self._call("worker_release_job", {
             "p_job_id": str(job_id), "p_worker": worker}))
 
     async def reap_expired(self, limit: int) -> int:
         return int(await self._call("worker_reap_expired", {"p_limit": limit}) or 0)
+
+    async def depth(self) -> QueueDepth:
+        """One cheap query (``worker_queue_depth``), for /metrics at scrape time."""
+        data = await self._call("worker_queue_depth", {})
+        return QueueDepth(int(data["due"]), float(data["oldest_due_age_seconds"]))

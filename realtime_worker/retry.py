@@ -18,7 +18,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from realtime_worker.errors import JobError
+from realtime_worker.errors import JobError, QuotaJobError
 
 # The longest wait before a retry: a day. The server's requested delay comes from outside and
 # ends in ``worker_fail_job``'s ``int`` argument, so anything longer (or not a number) is cut here.
@@ -78,8 +78,9 @@ Decision = Retry | Defer | Fail
 class RetryPolicy:
     """What a failed attempt of a job leads to.
 
-    ``defer_codes`` names the error codes that defer the job instead of spending an attempt;
-    empty until the queue can record a deferral (every retryable error is then a Retry).
+    A :class:`~realtime_worker.errors.QuotaJobError` (Gemini's quota, or the fleet's budget of
+    it, had no room) defers the job instead of spending an attempt; so does any error whose code
+    is in ``defer_codes``. The job's own budget of deferrals is kept by ``worker_defer_job``.
     """
 
     backoff: Backoff = Backoff()
@@ -90,7 +91,7 @@ class RetryPolicy:
         if not error.retryable:
             return Fail()
         after = self.wait(error, attempt, rng)
-        if error.code in self.defer_codes:
+        if isinstance(error, QuotaJobError) or error.code in self.defer_codes:
             return Defer(after)
         if attempt >= max_attempts:
             return Fail()

@@ -26,7 +26,7 @@ from realtime_worker.errors import ConfigurationJobError, JobError, QueueError, 
 from realtime_worker.jobs import Job, JobResult
 from realtime_worker.metrics import Metrics
 from realtime_worker.queue import JobQueue
-from realtime_worker.retry import RECORD_RETRY_DELAYS, Backoff, Fail, RetryPolicy
+from realtime_worker.retry import RECORD_RETRY_DELAYS, Backoff, Defer, Fail, RetryPolicy
 
 Outcome = JobResult | JobError
 
@@ -211,6 +211,8 @@ class JobRunner:
         """Fail the job or put it back (a Defer, until the queue can record one, is a Retry)."""
         job = run.job
         decision = self._policy.decide(error, job.attempts, job.max_attempts)
+        if isinstance(decision, Defer):
+            return await self._defer(run, error, decision.after)
         delay = None if isinstance(decision, Fail) else decision.after
         status = await self._queue.fail(job.id, run.claim.owner, error.user_message, error.code, delay)
         log = self._log(run).bind(error_code=error.code, retry_in_seconds=delay)
@@ -223,6 +225,22 @@ class JobRunner:
             log.bind(event="job_failed").warning(f"job failed: {error.user_message}")
         else:
             log.bind(event="job_fail_refused").warning("failure not recorded: lease lost")
+        return None
+
+    async def _defer(self, run: JobRun, error: JobError, delay: int) -> int | None:
+        """Gemini's quota had no room: back to the queue when Gemini said, the attempt not
+        counted; the job fails (refunded) only when its budget of deferrals is spent."""
+        status = await self._queue.defer(run.job.id, run.claim.owner, error.user_message, error.code, delay)
+        log = self._log(run).bind(error_code=error.code, retry_in_seconds=delay)
+        if status == "queued":
+            self._metrics.deferred.labels(error.code).inc()
+            log.bind(event="job_deferred").info(f"deferred: {error.user_message}")
+            return delay
+        if status == "failed":
+            self._metrics.failed.labels(error.code).inc()
+            log.bind(event="job_failed").warning(f"job failed, deferred too often: {error.user_message}")
+        else:
+            log.bind(event="job_defer_refused").warning("deferral not recorded: lease lost")
         return None
 
     async def _give_back(self, run: JobRun, error: ConfigurationJobError) -> None:

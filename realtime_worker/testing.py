@@ -5,8 +5,9 @@ rules as the SQL functions, for fast tests of the core; it reads the time from a
 (real time by default, or a ``FakeClock`` that moves only when told), and the contract suite in
 ``tests/queue_contract`` runs against both. ``scripted`` is a processor factory whose
 behaviour each job sets in ``params_json.script``: ``{"duration": 2.5, "fail": "retryable" |
-"permanent" | "config" | "crash", "retry_after": 1}`` (``config``: Gemini refused the worker's
-configuration); it is what the worker tests run instead of Gemini
+"permanent" | "config" | "quota" | "crash", "retry_after": 1}`` (``config``: Gemini refused the
+worker's configuration; ``quota``: a 429, the job is deferred); it is what the worker tests run
+instead of Gemini
 (``realtime-worker run --processor realtime_worker.testing:scripted``). With
 ``SCRIPTED_CALL_LOG`` set, every call appends ``<job id> <worker id>`` to that file.
 ``InMemoryStorage`` and ``InMemoryAssets`` implement the Storage and assets ports of the
@@ -32,6 +33,7 @@ from realtime_worker.assets import AssetLookupError, AssetRow
 from realtime_worker.errors import (
     ConfigurationJobError,
     PermanentJobError,
+    QuotaJobError,
     RetryableJobError,
     StorageError,
 )
@@ -122,6 +124,11 @@ class MemoryJob:
     results: list[JobResult] = field(default_factory=list)
     error: str | None = None
     error_code: str | None = None
+    deferrals: int = 0
+
+
+# A job's budget of deferrals (worker_defer_job in 0010_quota_deferrals.sql).
+MAX_DEFERRALS = 20
 
 
 class InMemoryQueue:
@@ -132,10 +139,13 @@ class InMemoryQueue:
         self.clock: Clock = clock or SystemClock()
         self.jobs: dict[UUID, MemoryJob] = {}
         self.calls: list[str] = []
+        self.turns: dict[UUID, int] = {}  # user -> the claim_jobs call that last served the user
+        self._turn = 0
 
-    def add(self, params: dict[str, Any] | None = None, *, max_attempts: int = 3) -> UUID:
+    def add(self, params: dict[str, Any] | None = None, *, max_attempts: int = 3,
+            user_id: UUID | None = None) -> UUID:
         now = self.clock.now()
-        job = Job(id=uuid4(), user_id=uuid4(), status=JobStatus.QUEUED, params=params or {},
+        job = Job(id=uuid4(), user_id=user_id or uuid4(), status=JobStatus.QUEUED, params=params or {},
                   attempts=0, max_attempts=max_attempts, created_at=now)
         self.jobs[job.id] = MemoryJob(job, run_after=now)
         return job.id
@@ -182,9 +192,24 @@ class InMemoryQueue:
 
     async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
         self.calls.append("claim_jobs")
-        due = sorted((item for item in self.jobs.values() if self._due(item)),
-                     key=lambda item: (item.job.created_at, item.job.id))
-        return [self._claim(item, worker, lease_seconds) for item in due[:max(limit, 0)]]
+        self._turn += 1
+        chosen = self._turns_first(max(limit, 0))
+        for item in chosen:
+            self.turns[item.job.user_id] = self._turn
+        return [self._claim(item, worker, lease_seconds) for item in chosen]
+
+    def _turns_first(self, limit: int) -> list[MemoryJob]:
+        """As worker_claim_jobs (0012_fair_claims.sql): each user's oldest due job, the user
+        served longest ago first; then the oldest due jobs."""
+        def age(item: MemoryJob) -> tuple[Any, UUID]:
+            return item.job.created_at, item.job.id
+
+        due = sorted((item for item in self.jobs.values() if self._due(item)), key=age)
+        heads = list({item.job.user_id: item for item in reversed(due)}.values())
+        heads = sorted(heads, key=lambda item: (self.turns.get(item.job.user_id, 0), *age(item)))
+        chosen = heads[:limit]
+        rest = [item for item in due[:limit] if item not in chosen]
+        return (chosen + rest)[:limit]
 
     async def heartbeat(self, job_id: UUID, worker: str, lease_seconds: int) -> bool:
         self.calls.append("heartbeat")
@@ -207,6 +232,10 @@ class InMemoryQueue:
     async def fail(self, job_id: UUID, worker: str, error: str, code: str,
                    retry_in_seconds: int | None) -> str | None:
         self.calls.append("fail")
+        return self._fail(job_id, worker, error, code, retry_in_seconds)
+
+    def _fail(self, job_id: UUID, worker: str, error: str, code: str,
+              retry_in_seconds: int | None) -> str | None:
         item = self._held(job_id, worker)
         if item is None or item.job.status not in (JobStatus.RUNNING, JobStatus.FAILED):
             return None
@@ -218,6 +247,17 @@ class InMemoryQueue:
             return "queued"
         self._fail_for_good(item)
         return "failed"
+
+    async def defer(self, job_id: UUID, worker: str, error: str, code: str,
+                    retry_in_seconds: int) -> str | None:
+        self.calls.append("defer")
+        item = self._owned(job_id, worker)
+        if item is None or item.deferrals >= MAX_DEFERRALS:  # as a failure without a retry
+            return self._fail(job_id, worker, error, code, None)
+        item.error, item.error_code = error, code
+        item.deferrals += 1
+        self._requeue(item, retry_in_seconds, max(item.job.attempts - 1, 0))
+        return "queued"
 
     async def release(self, job_id: UUID, worker: str) -> bool:
         self.calls.append("release")
@@ -267,6 +307,9 @@ class ScriptedProcessor:
                                     retry_after=script.get("retry_after"))
         if fail == "permanent":
             raise PermanentJobError("Scripted permanent failure", code="scripted_permanent")
+        if fail == "quota":
+            raise QuotaJobError("Gemini is rate limiting us", code="rate_limited",
+                                retry_after=script.get("retry_after"))
         if fail == "config":
             raise ConfigurationJobError("Scripted configuration failure", code="scripted_config")
         if fail == "crash":

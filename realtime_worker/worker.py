@@ -27,12 +27,12 @@ from loguru import logger
 from realtime_worker import early_signals, health, sweeper
 from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
-from realtime_worker.errors import ConfigError
+from realtime_worker.errors import ConfigError, QueueError
 from realtime_worker.health_state import DatabaseProbe, HealthState
 from realtime_worker.listener import Listener, ListenerSettings
 from realtime_worker.metrics import Metrics
 from realtime_worker.pause import PauseSettings, PauseStatus
-from realtime_worker.queue import SupabaseQueue
+from realtime_worker.queue import QueueDepth, RpcCall, SupabaseQueue
 from realtime_worker.run import Processor
 
 if TYPE_CHECKING:
@@ -73,11 +73,13 @@ def settle_heap() -> None:
 
 @dataclass(frozen=True)
 class WorkerContext:
-    """What a processor factory may use: settings, the shared Supabase client, metrics."""
+    """What a processor factory may use: settings, the shared Supabase client, metrics, and the
+    queue's RPC adapter (for the other ``worker_*`` functions, such as the Gemini budget's)."""
 
     settings: WorkerSettings
     supabase: AsyncClient
     metrics: Metrics
+    rpc: RpcCall | None = None
 
 
 ProcessorFactory = Callable[[WorkerContext], AbstractAsyncContextManager[Processor]]
@@ -190,6 +192,12 @@ class Worker:
     def _config_pause_status(self) -> PauseStatus | None:
         return self.dispatcher.pause_status() if self.dispatcher else None
 
+    async def _queue_depth(self) -> QueueDepth:
+        """The queue's depth for a scrape of ``/metrics`` (one query; none before the queue)."""
+        if self._queue is None:
+            raise QueueError("the queue is not connected yet")
+        return await self._queue.depth()
+
     async def _ping(self) -> None:
         if self._queue is None:
             raise ConnectionError("no database client yet")
@@ -207,7 +215,8 @@ class Worker:
         async with anyio.create_task_group() as tg:
             if install_signals:  # first: a SIGTERM during start-up is a graceful stop too
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
-            port = await tg.start(health.serve, self.health, self.metrics, host, self.settings.port)
+            port = await tg.start(health.serve, self.health, self.metrics, host, self.settings.port,
+                                  self._queue_depth)
             task_status.started(port)
             await self._main(once)
             tg.cancel_scope.cancel()
@@ -230,7 +239,7 @@ class Worker:
             if self.settings.pause_worker:
                 await self._paused()
                 return
-            context = WorkerContext(self.settings, client, self.metrics)
+            context = WorkerContext(self.settings, client, self.metrics, rpc)
             async with factory(context) as processor:
                 self.dispatcher = Dispatcher(queue, processor, self._dispatcher_settings(),
                                              self.metrics)

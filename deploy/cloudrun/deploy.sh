@@ -11,7 +11,7 @@
 #   deploy/cloudrun/deploy.sh latest               # all traffic back to the latest revision
 #   deploy/cloudrun/deploy.sh pause | resume       # PAUSE_WORKER=true|false (new revision)
 #   deploy/cloudrun/deploy.sh scale-zero           # no instance at all (min 0, nothing calls it)
-#   deploy/cloudrun/deploy.sh render service|workerpool [TAG]   # print a rendered manifest
+#   deploy/cloudrun/deploy.sh render service|workerpool|crema [TAG]   # print a rendered manifest
 #   deploy/cloudrun/deploy.sh deploy-pool [TAG]    # the worker-pool alternative (workerpool.yaml)
 #   deploy/cloudrun/deploy.sh rollback-pool REVISION | pause-pool | resume-pool
 #
@@ -61,10 +61,12 @@ image() {
 gc() { run gcloud "$@" --project "$PROJECT_ID" --region "$REGION"; }
 
 render() {
-    # render service|workerpool [TAG]: the manifest with its __PLACEHOLDERS__ filled in.
-    local which=${1:?render service|workerpool [TAG]} img out
+    # render service|workerpool|crema [TAG]: the manifest with its __PLACEHOLDERS__ filled in
+    # (crema: the autoscaling of the worker pool, docs/scaling.md).
+    local which=${1:?render service|workerpool|crema [TAG]} img out
     need PROJECT_ID REGION SUPABASE_URL
-    [[ $which == service || $which == workerpool ]] || { echo "render service|workerpool" >&2; exit 2; }
+    [[ $which == service || $which == workerpool || $which == crema ]] ||
+        { echo "render service|workerpool|crema" >&2; exit 2; }
     img=$(image "${2:-}")
     out=$(sed -e "s|__PROJECT_ID__|$PROJECT_ID|g" -e "s|__REGION__|$REGION|g" \
         -e "s|__IMAGE__|$img|g" -e "s|__SUPABASE_URL__|$SUPABASE_URL|g" \

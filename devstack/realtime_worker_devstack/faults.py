@@ -48,6 +48,10 @@ class Faults:
     gemini_hang_fraction: float = 0.0  # calls never answered (until the client gives up)
     gemini_latency_seconds: float = 0.0
     gemini_status: int | None = None  # every Gemini call answers this status (e.g. 401, 404)
+    # A quota per API key, as the real API enforces one per project (0: none): generateContent
+    # requests per minute (sliding window) and in flight at once; over it, 429 with RetryInfo.
+    gemini_quota_per_minute: int = 0
+    gemini_quota_concurrent: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ from aiohttp import web
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
 from realtime_worker_devstack.faults import Faults
+from realtime_worker_devstack.quota import QuotaLedger
 
 VERSIONS = ("v1beta", "v1")
 GENERATE = "generateContent"
@@ -156,6 +157,7 @@ class GeminiFake:
         self.faults = faults
         self._api_key = api_key
         self.requests: deque[RecordedRequest] = deque(maxlen=history)
+        self.quota = QuotaLedger()
         self._closing = False
 
     def routes(self) -> list[web.RouteDef]:
@@ -199,12 +201,23 @@ class GeminiFake:
             return web.Response(status=499)
 
     async def _generate(self, request: web.Request) -> web.Response:
-        await self._sleep(request, self.faults.gemini_latency_seconds)
         self._check_access(request)
         model, _, method = request.match_info["model_action"].partition(":")
         if method != GENERATE:
             raise _ApiError(404, f"Method '{method}' is not supported by this fake.")
         self._check_model(model, _version(request))
+        key = request.headers["x-goog-api-key"]
+        refusal = self.quota.admit(key, self.faults.gemini_quota_per_minute,
+                                   self.faults.gemini_quota_concurrent)
+        if refusal is not None:  # refused at once, as the real API does
+            raise _quota_error(model, refusal.retry_delay_seconds, refusal.quota_id)
+        try:
+            await self._sleep(request, self.faults.gemini_latency_seconds)
+            return await self._generated(request, model)
+        finally:
+            self.quota.done(key)
+
+    async def _generated(self, request: web.Request, model: str) -> web.Response:
         parsed = _parse_body(await _read_json(request))
         self._record(model, _version(request), parsed)
         return await self._answer(request, model, parsed)
@@ -252,7 +265,7 @@ class GeminiFake:
     async def _answer(self, request: web.Request, model: str, parsed: _Parsed) -> web.Response:
         faults = self.faults
         if faults.chance(faults.gemini_429_fraction):
-            raise _quota_error(faults, model)
+            raise _fault_quota_error(faults, model)
         if faults.chance(faults.gemini_500_fraction):
             raise _ApiError(500, MESSAGES[500])
         if faults.chance(faults.gemini_503_fraction):
@@ -560,7 +573,7 @@ def _bad_key() -> _ApiError:
 
 def _forced_error(code: int, faults: Faults) -> _ApiError:
     if code == 429:
-        return _quota_error(faults, "gemini-image")
+        return _fault_quota_error(faults, "gemini-image")
     if code == 403:
         return _ApiError(
             403,
@@ -573,14 +586,25 @@ def _forced_error(code: int, faults: Faults) -> _ApiError:
 HANG_SECONDS = 24 * 3600.0  # a call that hangs: longer than any client waits
 
 
-def _quota_error(faults: Faults, model: str) -> _ApiError:
-    # A protobuf Duration in JSON: decimal seconds, never an exponent ("3000000000s", "45.8s").
-    delay = f"{faults.gemini_retry_delay_seconds:f}".rstrip("0").rstrip(".") + "s"
+def _fault_quota_error(faults: Faults, model: str) -> _ApiError:
+    """A 429 the faults ask for (not the quota's own accounting)."""
     period = "PerDay" if faults.gemini_429_per_day else "PerMinute"
-    metric = "requests_per_day" if faults.gemini_429_per_day else "requests"
+    return _quota_error(model, faults.gemini_retry_delay_seconds,
+                        f"GenerateRequests{period}PerProjectPerModel")
+
+
+def _duration(seconds: float) -> str:
+    """A proto Duration as the API writes it: decimal seconds, never an exponent ("7s",
+    "45.837906927s", "3000000000s")."""
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds:.9f}".rstrip("0") + "s"
+
+
+def _quota_error(model: str, delay_seconds: float, quota_id: str) -> _ApiError:
+    delay = _duration(delay_seconds)
+    metric = "requests_per_day" if "PerDay" in quota_id else "requests"
     violation = {
         "quotaMetric": f"{SERVICE}/generate_content_paid_tier_{metric}",
-        "quotaId": f"GenerateRequests{period}PerProjectPerModel",
+        "quotaId": quota_id,
         "quotaDimensions": {"location": "global", "model": model},
     }
     return _ApiError(

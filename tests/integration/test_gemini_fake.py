@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 from google import genai
 from google.genai import errors, types
 from PIL import Image
 
+from realtime_worker.errors import QuotaJobError
+from realtime_worker.generator import GeminiGenerator, GenerationRequest
 from realtime_worker_devstack import photos
 from realtime_worker_devstack.faults import Faults
 from realtime_worker_devstack.gemini import GeminiFake, draw_line_art
@@ -226,6 +229,68 @@ async def test_rate_limit_carries_a_retry_delay(client: genai.Client, faults: Fa
     assert details["RetryInfo"]["retryDelay"] == "45.8s"
     assert "PerMinute" in details["QuotaFailure"]["violations"][0]["quotaId"]
     assert details["Help"]["links"]
+
+
+def _quota_details(error: errors.APIError) -> dict[str, Any]:
+    assert (error.code, error.status) == (429, "RESOURCE_EXHAUSTED")
+    return {d["@type"].rsplit(".", 1)[-1]: d for d in error.details["error"]["details"]}
+
+
+@pytest.mark.anyio
+async def test_the_quota_per_minute_refuses_at_once_until_the_window_has_room(
+        client: genai.Client, faults: Faults, fake: GeminiFake) -> None:
+    faults.update({"gemini_quota_per_minute": 2})
+    await _generate(client)
+    await _generate(client)
+    started = time.monotonic()
+    with pytest.raises(errors.ClientError) as caught:
+        await _generate(client)
+    assert time.monotonic() - started < 1  # refused at once, not after the generation time
+    details = _quota_details(caught.value)
+    [violation] = details["QuotaFailure"]["violations"]
+    assert violation["quotaId"] == "GenerateRequestsPerMinutePerProjectPerModel"
+    assert violation["quotaDimensions"]["model"] == MODEL
+    delay = details["RetryInfo"]["retryDelay"]
+    assert delay.endswith("s") and 58 < float(delay[:-1]) <= 60  # when the first leaves the window
+    assert f"Please retry in {delay}." in (caught.value.message or "")
+    assert (fake.quota.requests, fake.quota.refused) == (3, 1)
+
+
+@pytest.mark.anyio
+async def test_the_concurrent_quota_refuses_a_request_beyond_it(
+        base_url: str, faults: Faults, fake: GeminiFake) -> None:
+    faults.update({"gemini_quota_concurrent": 1, "gemini_latency_seconds": 1.0})
+    first, second = _client(base_url), _client(base_url)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_generate, first)
+            await anyio.sleep(0.3)
+            with pytest.raises(errors.ClientError) as caught:
+                await _generate(second)
+        details = _quota_details(caught.value)
+        assert "Concurrent" in details["QuotaFailure"]["violations"][0]["quotaId"]
+        assert details["RetryInfo"]["retryDelay"] == "1s"
+        await _generate(second)  # the first has ended: room again
+    finally:
+        for c in (first, second):
+            await c.aio.aclose()
+            c.close()
+    assert fake.quota.peak_in_flight == 1
+
+
+@pytest.mark.anyio
+async def test_the_worker_reads_the_quotas_refusal_as_a_deferral(base_url: str, faults: Faults) -> None:
+    faults.update({"gemini_quota_per_minute": 1})
+    generator = GeminiGenerator(KEY, MODEL, base_url)
+    request = GenerationRequest(text="a fox", system_instruction="line art")
+    try:
+        await generator.generate(request)
+        with pytest.raises(QuotaJobError) as caught:
+            await generator.generate(request)
+    finally:
+        await generator.aclose()
+    assert caught.value.code == "rate_limited"
+    assert caught.value.retry_after is not None and 58 < caught.value.retry_after <= 60
 
 
 @pytest.mark.anyio

@@ -28,13 +28,22 @@ CONTRACT = {
     "worker_fail_job": ("p_job_id uuid, p_worker text, p_error text, p_error_code text, "
                         "p_retry_in_seconds integer", "text"),
     "worker_release_job": ("p_job_id uuid, p_worker text", "boolean"),
+    "worker_defer_job": ("p_job_id uuid, p_worker text, p_error text, p_error_code text, "
+                         "p_retry_in_seconds integer", "text"),
     "worker_reap_expired": ("p_limit integer", "integer"),
+    "worker_gemini_acquire": ("p_model text, p_worker text, p_rpm double precision, "
+                              "p_max_concurrent integer, p_max_wait_seconds double precision, "
+                              "p_lease_seconds integer", "jsonb"),
+    "worker_gemini_release": ("p_grant uuid, p_outcome text, p_retry_in_seconds double precision",
+                              "double precision"),
+    "worker_queue_depth": ("", "jsonb"),
 }
 API_ROLES = ("anon", "authenticated")
 GUARD_TRIGGER = "jobs_guard_worker_columns"
+DEFERRALS_TRIGGER = "jobs_guard_deferrals"
 NEW_JOB_COLUMNS = {
     "attempts", "max_attempts", "run_after", "locked_by", "locked_until", "heartbeat_at",
-    "error_code", "credits_charged", "refunded_at", "charged_via",
+    "error_code", "credits_charged", "refunded_at", "charged_via", "deferrals",
 }
 
 # Each query returns rows of (key, value): one catalog object per row, keyed so that the
@@ -199,6 +208,20 @@ async def test_worker_columns_guard_runs_as_the_caller_on_every_write(
                    for entry in row["acl"]), row["acl"]
 
 
+async def test_a_signed_in_user_cannot_choose_a_jobs_deferrals(conn: asyncpg.Connection) -> None:
+    user = await users.create(conn, 3)
+    async with conn.transaction():
+        await conn.execute("set local role authenticated")
+        await conn.execute("select set_config('request.jwt.claim.sub', $1, true)", str(user))
+        job_id = await conn.fetchval(
+            "insert into public.jobs (user_id, params_json, deferrals) values ($1, '{}', -1000)"
+            " returning id", user)
+        await conn.execute("update public.jobs set deferrals = -5 where id = $1", job_id)
+    assert await conn.fetchval("select deferrals from public.jobs where id = $1", job_id) == 0
+    await conn.execute("update public.jobs set deferrals = 4 where id = $1", job_id)  # the owner may
+    assert await conn.fetchval("select deferrals from public.jobs where id = $1", job_id) == 4
+
+
 async def test_publication_and_partial_indexes(conn: asyncpg.Connection) -> None:
     assert await conn.fetchval("""
         select count(*) from pg_publication_tables
@@ -288,7 +311,8 @@ async def test_migration_onto_existing_rows_changes_nothing_existing(empty_db: D
         assert restricted(after, before) == before
         for kind in ("enums", "policies", "tables"):
             assert after[kind] == before[kind], kind
-        assert after["triggers"].keys() - before["triggers"].keys() == {f"jobs.{GUARD_TRIGGER}"}
+        assert after["triggers"].keys() - before["triggers"].keys() == {
+            f"jobs.{GUARD_TRIGGER}", f"jobs.{DEFERRALS_TRIGGER}"}
         assert await table_rows(conn, columns) == rows_before
 
         added = {k.split(".")[1] for k in after["columns"].keys() - before["columns"].keys()

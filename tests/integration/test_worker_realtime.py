@@ -315,3 +315,32 @@ async def test_broadcast_without_its_migration_stops_the_worker_with_the_fix(dev
         async with running_worker(devstack, WAKEUP_SOURCE="broadcast"):
             with anyio.fail_after(60):  # until the worker stops by itself (a stop would end start-up)
                 await anyio.sleep_forever()
+
+
+async def metrics_text(port: int) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+def metric_line(body: str, name: str) -> float:
+    [line] = [line for line in body.splitlines() if line.startswith(f"{name} ")]
+    return float(line.split()[1])
+
+
+async def test_metrics_read_the_queue_depth_once_per_scrape_and_never_unscraped(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    async with running_worker(devstack, PAUSE_WORKER="true") as (worker, port):
+        user = await make_user(conn, balance=10)
+        oldest = await insert_job(conn, user)
+        await conn.execute("update jobs set created_at = now() - interval '90 s' where id = $1", oldest)
+        await insert_job(conn, user)
+        later = await insert_job(conn, user)
+        await conn.execute("update jobs set run_after = now() + interval '1 hour' where id = $1", later)
+        await anyio.sleep(1)
+        assert sample(worker.metrics, "worker_db_requests_total", function="worker_queue_depth") == 0
+        body = await metrics_text(port)
+        assert metric_line(body, "worker_queue_due_jobs") == 2
+        assert 90 <= metric_line(body, "worker_queue_oldest_due_age_seconds") < 150
+        await metrics_text(port)
+        assert sample(worker.metrics, "worker_db_requests_total", function="worker_queue_depth") == 2

@@ -58,5 +58,6 @@ async def harness(sql_parts: SqlParts | None) -> Harness:
         return MemoryHarness()
     queue, conn = sql_parts
     # claim_jobs, reap_expired and the clock shift act on every row: start from none.
-    await conn.execute("truncate public.jobs, public.credit_events, public.assets cascade")
+    await conn.execute("truncate public.jobs, public.credit_events, public.assets,"
+                       " realtime_worker.claim_turns cascade")
     return SqlHarness(queue, conn)

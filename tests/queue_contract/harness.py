@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -31,13 +31,15 @@ class JobState:
     refunds: int
     model: str | None
     assets: list[str]
+    deferrals: int
 
 
 class Harness(Protocol):
     @property
     def queue(self) -> JobQueue: ...
 
-    async def add(self, *, max_attempts: int = 3) -> UUID: ...
+    async def add(self, *, max_attempts: int = 3, user: str | None = None) -> UUID:
+        """A queued job, due now; ``user`` names its owner (by default a new user per job)."""
 
     async def advance(self, seconds: float) -> None: ...
 
@@ -48,13 +50,15 @@ class MemoryHarness:
     def __init__(self) -> None:
         self.clock = FakeClock()
         self.memory = InMemoryQueue(self.clock)
+        self.users: dict[str, UUID] = {}
 
     @property
     def queue(self) -> JobQueue:
         return self.memory
 
-    async def add(self, *, max_attempts: int = 3) -> UUID:
-        return self.memory.add(max_attempts=max_attempts)
+    async def add(self, *, max_attempts: int = 3, user: str | None = None) -> UUID:
+        owner = self.users.setdefault(user, uuid4()) if user is not None else None
+        return self.memory.add(max_attempts=max_attempts, user_id=owner)
 
     async def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
@@ -65,7 +69,8 @@ class MemoryHarness:
             status=item.job.status, attempts=item.job.attempts, locked_by=item.job.locked_by,
             error=item.error, error_code=item.error_code, refunds=item.refunds,
             model=item.results[-1].model if item.results else None,
-            assets=sorted(asset.storage_path for result in item.results for asset in result.assets))
+            assets=sorted(asset.storage_path for result in item.results for asset in result.assets),
+            deferrals=item.deferrals)
 
 
 SHIFT = """
@@ -82,14 +87,20 @@ class SqlHarness:
     def __init__(self, queue: SupabaseQueue, conn: asyncpg.Connection) -> None:
         self._queue = queue
         self._conn = conn
+        self.users: dict[str, UUID] = {}
 
     @property
     def queue(self) -> JobQueue:
         return self._queue
 
-    async def add(self, *, max_attempts: int = 3) -> UUID:
-        # One user per job: the user's assets are the job's assets.
-        return await insert_job(self._conn, await make_user(self._conn), max_attempts=max_attempts)
+    async def add(self, *, max_attempts: int = 3, user: str | None = None) -> UUID:
+        # One user per job unless named: the user's assets are the job's assets.
+        owner = self.users.get(user) if user is not None else None
+        if owner is None:
+            owner = await make_user(self._conn)
+            if user is not None:
+                self.users[user] = owner
+        return await insert_job(self._conn, owner, max_attempts=max_attempts)
 
     async def advance(self, seconds: float) -> None:
         await self._conn.execute(SHIFT, float(seconds))
@@ -103,4 +114,4 @@ class SqlHarness:
         return JobState(
             status=JobStatus(row["status"]), attempts=row["attempts"], locked_by=row["locked_by"],
             error=row["error"], error_code=row["error_code"], refunds=await refunds(self._conn, job_id),
-            model=row["model"], assets=[p["storage_path"] for p in paths])
+            model=row["model"], assets=[p["storage_path"] for p in paths], deferrals=row["deferrals"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 from uuid import UUID, uuid4
 
 from realtime_worker.jobs import AssetKind, AssetRecord, JobResult, JobStatus, lease_owner
+from realtime_worker.testing import MAX_DEFERRALS
 from tests.queue_contract.harness import Harness
 
 A, B = lease_owner("w1", "claim-a"), lease_owner("w2", "claim-b")
@@ -37,6 +38,7 @@ async def refused_everything(h: Harness, job_id: UUID, owner: str) -> None:
     assert await h.queue.complete(job_id, owner, RESULT) is False
     assert await h.queue.fail(job_id, owner, "no", "no", 5) is None
     assert await h.queue.release(job_id, owner) is False
+    assert await h.queue.defer(job_id, owner, "no", "no", 5) is None
 
 
 # claims
@@ -90,6 +92,29 @@ async def test_claim_jobs_takes_the_oldest_due_first_up_to_the_limit(harness: Ha
     rest = await harness.queue.claim_jobs(B, 10, 60)
     assert {job.id for job in rest} == set(ids[3:])
     assert (await harness.state(ids[0])).status == JobStatus.QUEUED
+
+
+async def test_claim_jobs_takes_turns_between_users(harness: Harness) -> None:
+    burst = []
+    for _ in range(5):
+        burst.append(await harness.add(user="a"))
+        await harness.advance(1)
+    single = await harness.add(user="b")
+    await harness.advance(1)
+    order = [job.id for _ in range(4) for job in await harness.queue.claim_jobs(B, 1, 60)]
+    # a's oldest first (nobody served yet, it is older), then b (a was just served), then a again
+    assert order == [burst[0], single, burst[1], burst[2]]
+
+
+async def test_a_batch_takes_each_users_oldest_first_then_the_oldest(harness: Harness) -> None:
+    burst = []
+    for _ in range(4):
+        burst.append(await harness.add(user="a"))
+        await harness.advance(1)
+    others = [await harness.add(user="b"), await harness.add(user="c")]
+    first = await harness.queue.claim_jobs(B, 4, 60)
+    assert {job.id for job in first} == {burst[0], *others, burst[1]}
+    assert {job.id for job in await harness.queue.claim_jobs(B, 10, 60)} == set(burst[2:])
 
 
 async def test_claim_jobs_with_no_room_claims_nothing(harness: Harness) -> None:
@@ -261,6 +286,55 @@ async def test_fail_by_a_stranger_changes_nothing(harness: Harness) -> None:
     state = await harness.state(job_id)
     assert (state.status, state.locked_by, state.error, state.refunds) == (
         JobStatus.RUNNING, A, None, 0)
+
+
+# deferring (a 429: Gemini's quota had no room; issue 18)
+
+async def test_defer_requeues_later_without_counting_the_attempt(harness: Harness) -> None:
+    job_id = await claimed(harness)
+    assert await harness.queue.defer(job_id, A, "Gemini is rate limiting us", "rate_limited", 30) == "queued"
+    state = await harness.state(job_id)
+    assert (state.status, state.attempts, state.deferrals, state.locked_by, state.refunds) == (
+        JobStatus.QUEUED, 0, 1, None, 0)
+    assert (state.error, state.error_code) == ("Gemini is rate limiting us", "rate_limited")
+    assert await harness.queue.claim_jobs(B, 10, 60) == []
+    await harness.advance(31)
+    job = await harness.queue.claim_job(job_id, B, 60)
+    assert job is not None and job.attempts == 1
+
+
+async def test_deferrals_never_use_up_attempts(harness: Harness) -> None:
+    job_id = await claimed(harness, max_attempts=1)
+    for _ in range(5):
+        assert await harness.queue.defer(job_id, A, "Later.", "rate_limited", 0) == "queued"
+        assert await harness.queue.claim_job(job_id, A, 60) is not None
+    state = await harness.state(job_id)
+    assert (state.status, state.attempts, state.deferrals) == (JobStatus.RUNNING, 1, 5)
+
+
+async def test_defer_past_the_budget_fails_and_refunds_exactly_once(harness: Harness) -> None:
+    job_id = await claimed(harness)
+    for _ in range(MAX_DEFERRALS):
+        assert await harness.queue.defer(job_id, A, "Later.", "rate_limited", 0) == "queued"
+        assert await harness.queue.claim_job(job_id, A, 60) is not None
+    assert await harness.queue.defer(job_id, A, "Still limited.", "rate_limited", 0) == "failed"
+    assert await harness.queue.defer(job_id, A, "Still limited.", "rate_limited", 0) == "failed"
+    state = await harness.state(job_id)
+    assert (state.status, state.attempts, state.deferrals, state.refunds) == (
+        JobStatus.FAILED, 1, MAX_DEFERRALS, 1)
+    assert (state.error, state.error_code) == ("Still limited.", "rate_limited")
+    assert await harness.queue.claim_job(job_id, B, 60) is None
+
+
+async def test_defer_by_a_stranger_or_of_a_queued_job_changes_nothing(harness: Harness) -> None:
+    job_id = await claimed(harness)
+    assert await harness.queue.defer(job_id, B, "No.", "rate_limited", 5) is None
+    assert await harness.queue.defer(job_id, SIBLING, "No.", "rate_limited", 5) is None
+    state = await harness.state(job_id)
+    assert (state.status, state.locked_by, state.deferrals) == (JobStatus.RUNNING, A, 0)
+    queued = await harness.add()
+    assert await harness.queue.defer(queued, A, "No.", "rate_limited", 5) is None
+    assert (await harness.state(queued)).deferrals == 0
 
 
 # releasing

@@ -367,6 +367,12 @@ def test_deploy_script_renders_the_manifests(tmp_path: Path) -> None:
         assert container(rendered)["image"] == f"{registry}/realtime-worker:abc123"
         assert env_entries(rendered)["SUPABASE_URL"]["value"] == "https://ref.supabase.co"
         assert "__" not in json.dumps(rendered)
+    crema = deploy_sh(env, "render", "crema")
+    assert crema.returncode == 0, crema.stderr
+    [scaled] = yaml.safe_load(crema.stdout)["spec"]["scaledObjects"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == (
+        "projects/demo-project/locations/europe-west1/workerpools/realtime-worker")
+    assert "__" not in json.dumps(yaml.safe_load(crema.stdout))
     result = deploy_sh(env, "pause")
     assert result.returncode == 0, result.stderr
     assert calls.read_text().split() == ["run", "services", "update", "realtime-worker", "--update-env-vars",

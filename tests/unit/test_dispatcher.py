@@ -99,6 +99,20 @@ async def test_failures_are_classified() -> None:
     assert queue.status(last_try) == JobStatus.FAILED and queue.jobs[last_try].refunds == 1
 
 
+async def test_a_429_defers_the_job_without_counting_the_attempt() -> None:
+    queue, metrics = InMemoryQueue(), Metrics()
+    limited = queue.add({"script": {"fail": "quota", "retry_after": 7.2}}, max_attempts=1)
+    with anyio.fail_after(5):
+        await make(queue, ScriptedProcessor(), metrics=metrics).drain()
+    item = queue.jobs[limited]
+    assert (item.job.status, item.job.attempts, item.deferrals, item.refunds) == (
+        JobStatus.QUEUED, 0, 1, 0)
+    assert item.error_code == "rate_limited"
+    assert 7 < (item.run_after - queue.clock.now()).total_seconds() <= 8  # RetryInfo, rounded up
+    assert queue.calls.count("defer") == 1 and "fail" not in queue.calls
+    assert sample(metrics, "worker_jobs_deferred_total", code="rate_limited") == 1
+
+
 async def test_lost_lease_cancels_the_job_and_discards_its_result() -> None:
     queue = InMemoryQueue(LoopClock())
     job_id = queue.add({"script": {"duration": 30}})
