@@ -90,14 +90,20 @@ class RetryPolicy:
                rng: random.Random | None = None) -> Decision:
         if not error.retryable:
             return Fail()
-        after = self.wait(error, attempt, rng)
         if isinstance(error, QuotaJobError) or error.code in self.defer_codes:
-            return Defer(after)
+            return Defer(self.defer_wait(error, rng))
+        after = self.wait(error, attempt, rng)
         if attempt >= max_attempts:
             return Fail()
         if error.max_retries is not None and attempt > error.max_retries:
             return Fail()
         return Retry(after)
+
+    def defer_wait(self, error: JobError, rng: random.Random | None = None) -> int:
+        """A deferral waits what the server asked for (Gemini's retryDelay), else one backoff
+        step: no attempt was spent, so nothing grows; cut to :data:`MAX_RETRY_DELAY_SECONDS`."""
+        wanted = _finite(error.retry_after) or self.backoff.delay(1, rng)
+        return math.ceil(min(wanted, MAX_RETRY_DELAY_SECONDS))
 
     def wait(self, error: JobError, attempt: int, rng: random.Random | None = None) -> int:
         """Whole seconds: the server's requested delay when it is longer than the backoff,
