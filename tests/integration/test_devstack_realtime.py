@@ -561,7 +561,7 @@ async def test_private_join_is_refused_as_the_real_server_words_it(stack: Stack)
     # a project policy letting signed-in users read every private topic of their own
     await stack.conn.execute("create policy users_read_rooms on realtime.messages for select"
                              " to authenticated using (true)")
-    token = stack.keys.make("authenticated", sub=str(await make_user(stack.conn)))
+    token = stack.keys.user_token(await make_user(stack.conn), issuer=f"{stack.url}/auth/v1")
     async with realtime_client(stack, token) as client:
         _, _, room = await join_private(client, "room-1")  # the policy lets them in here
         _, _, states = await join_private(client, TOPIC, wait=False)
@@ -572,7 +572,7 @@ async def test_private_join_is_refused_as_the_real_server_words_it(stack: Stack)
 
 
 async def test_private_join_without_any_policy_is_refused(stack: Stack) -> None:
-    token = stack.keys.make("authenticated", sub=str(await make_user(stack.conn)))
+    token = stack.keys.user_token(await make_user(stack.conn), issuer=f"{stack.url}/auth/v1")
     async with realtime_client(stack, token) as client:
         _, _, states = await join_private(client, "room-1", wait=False)
         error = await states.state("CHANNEL_ERROR")

@@ -256,12 +256,13 @@ async def test_rate_limit_requeues_after_the_servers_delay(
 
 async def test_a_retry_delay_beyond_an_int_is_cut_to_a_day(
         devstack: Devstack, conn: asyncpg.Connection) -> None:
-    """``retryDelay`` comes from outside; 3e9 s does not fit ``worker_fail_job``'s int."""
+    """``retryDelay`` comes from outside; 3e9 s does not fit the contract's int seconds (a 429
+    defers the job through ``worker_defer_job``: no attempt spent, one deferral)."""
     devstack.faults.update({"gemini_429_fraction": 1.0, "gemini_retry_delay_seconds": 3e9})
     user = await make_user(conn, START_BALANCE)
     job_id = await insert_job(conn, user)
     await run_worker_once(devstack)
-    await check_requeued(conn, user, job_id, "rate_limited")
+    await check_requeued(conn, user, job_id, "rate_limited", attempts=0, deferrals=1)
     assert MAX_RETRY_DELAY_SECONDS - 60 < await seconds_until_retry(conn, job_id) <= MAX_RETRY_DELAY_SECONDS
 
 
