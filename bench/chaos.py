@@ -242,8 +242,10 @@ async def soak(run: Run) -> Verdict:
         await chaos_phase(run, submitter, specs)
     finally:
         await submitter.close()
-    gemini = (await run.http.get("/admin/gemini/requests")).raise_for_status().json()
+    # Every worker stopped first: until then one may still call Gemini and finish a job (after a
+    # spent budget, in the grace period of the final SIGTERM), and that call belongs in the log.
     run.disruptions.exit_codes = await run.fleet.stop()
+    gemini = (await run.http.get("/admin/gemini/requests")).raise_for_status().json()
     snapshot = await read_snapshot(run.dsn)
     return judge(snapshot, _facts(run, users, submitter, gemini))
 
@@ -285,9 +287,10 @@ def _has_started(log: Path) -> bool:
 
 
 def _started_at(log: Path) -> float | None:
-    """When the worker reached its main loop (epoch), from its ``worker_starting`` JSON line."""
+    """When the worker could first sweep (epoch), from its ``pipeline_ready`` JSON line: its
+    sweeper starts right after; before it, a start-up on a busy machine loads for many seconds."""
     for line in log.read_text(errors="replace").splitlines():
-        if '"worker_starting"' in line:
+        if '"pipeline_ready"' in line:
             return datetime.fromisoformat(json.loads(line)["time"]).timestamp()
     return None
 

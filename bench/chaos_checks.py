@@ -323,7 +323,7 @@ def timeline(transitions: list[Transition], kill: Kill) -> str:
     """A job's state changes, in seconds from the kill, for a report line."""
     steps = [f"{t.at - kill.at:+.2f}s {t.new_status}/{t.locked_by or '-'}/{t.error_code or '-'}"
              + (f" (lease had expired at {t.old_locked_until - kill.at:+.2f}s)"
-                if t.old_locked_until and t.error_code == LEASE_EXPIRED and t.old_status == "running" else "")
+                if t.old_locked_until and t.old_status == "running" and is_reap(t) else "")
              for t in transitions]
     return f"{kill.worker_id} killed at 0: " + "; ".join(steps)
 
@@ -447,6 +447,14 @@ class Reap:
     at: float
 
 
+def is_reap(t: Transition) -> bool:
+    """The sweep took an expired lease back. ``error_code`` alone does not tell: a release by the
+    owner (e.g. the give-back after Gemini refused the key) keeps the code of an earlier reap,
+    but it comes while the lease still runs."""
+    return (t.error_code == LEASE_EXPIRED and t.new_status != "succeeded"
+            and t.old_locked_until is not None and t.old_locked_until <= t.at)
+
+
 def _requeues(snap: Snapshot) -> tuple[int, list[Reap]]:
     """Retries the workers scheduled, and the leases the sweep took back."""
     retries, reaps = 0, []
@@ -455,7 +463,7 @@ def _requeues(snap: Snapshot) -> tuple[int, list[Reap]]:
         for t in transitions:
             if t.new_status == "running":
                 claim = t
-            elif t.old_status == "running" and t.error_code == LEASE_EXPIRED and t.new_status != "succeeded":
+            elif t.old_status == "running" and is_reap(t):
                 reaps.append(Reap(job_id, claim.locked_by if claim else None,
                                   claim.at if claim else t.at, t.at))
             elif t.old_status == "running" and t.new_status == "queued":

@@ -234,13 +234,19 @@ class WorkerFleet:
         return crashed
 
     async def stop(self) -> dict[str, int | None]:
-        """SIGTERM every worker (graceful shutdown), SIGKILL after STOP_SECONDS; exit codes by id."""
-        codes = {}
-        async with self._lock:
+        """SIGTERM every worker at once (graceful shutdown), SIGKILL after STOP_SECONDS; exit codes
+        by id. One after another, the later ones would go on claiming, and sweep the leases of one
+        that was stopping: reaps without a kill."""
+        codes: dict[str, int | None] = {}
+
+        async def stop(slot: int, process: Process) -> None:
+            codes[self.worker_id(slot)] = await stop_process(process)
+
+        async with self._lock, anyio.create_task_group() as tg:
             for slot, process in enumerate(self.processes):
                 if process is not None:
-                    codes[self.worker_id(slot)] = await stop_process(process)
-                    self.processes[slot] = None
+                    tg.start_soon(stop, slot, process)
+        self.processes = [None] * len(self.processes)
         return codes
 
 

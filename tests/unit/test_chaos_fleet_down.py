@@ -16,12 +16,17 @@ pytestmark = pytest.mark.unit
 T0 = 1_800_000_000.0
 
 
-def worker_log(folder: Path, name: str, started: float | None) -> Path:
+def _line(event: str, at: float) -> str:
+    return json.dumps({"event": event, "time": datetime.fromtimestamp(at, UTC).isoformat()})
+
+
+def worker_log(folder: Path, name: str, started: float | None, loading: float = 0.0) -> Path:
+    """A worker's JSON log: ``worker_starting`` ``loading`` s before its pipeline is ready (from
+    then on its sweeper runs)."""
     path = folder / f"{name}.log"
     lines = [json.dumps({"event": "worker_launching", "time": "x"})]
     if started is not None:
-        when = datetime.fromtimestamp(started, UTC).isoformat()
-        lines.append(json.dumps({"event": "worker_starting", "time": when}))
+        lines += [_line("worker_starting", started - loading), _line("pipeline_ready", started)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -38,3 +43,10 @@ def test_no_window_while_some_worker_is_up(tmp_path: Path) -> None:
     logs = [worker_log(tmp_path, "w1-gen1", T0), worker_log(tmp_path, "w2-gen1", T0 + 1),
             worker_log(tmp_path, "w1-gen2", T0 + 6)]
     assert fleet_down(logs, [Kill("w1-gen1", T0 + 5), Kill("w2-gen1", T0 + 7)], T0 + 30) == []
+
+
+def test_a_worker_still_loading_its_pipeline_is_not_up(tmp_path: Path) -> None:
+    """Its main loop began at +6, but it could not sweep before its pipeline was ready at +20."""
+    logs = [worker_log(tmp_path, "w1-gen1", T0), worker_log(tmp_path, "w1-gen2", T0 + 20, loading=14)]
+    windows = fleet_down(logs, [Kill("w1-gen1", T0 + 5)], T0 + 30)
+    assert [(round(a - T0, 3), round(b - T0, 3)) for a, b in windows] == [(5.0, 20.0)]
