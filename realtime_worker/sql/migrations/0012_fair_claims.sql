@@ -24,6 +24,10 @@ create sequence if not exists realtime_worker.claim_turn_seq;
 create index if not exists jobs_queued_user_created_at_idx
   on public.jobs (user_id, created_at, id) where status = 'queued';
 
+-- The candidate pools are larger than the batch: ``due`` takes its rows with ``skip locked``, so
+-- workers claiming at the same moment must find other rows than the ones a concurrent claim holds
+-- (with pools of exactly ``p_limit`` they all saw the same rows, and all but one got nothing while
+-- jobs were due). The order, and so the fairness, is decided by ``due`` alone.
 create or replace function public.worker_claim_jobs(p_worker text, p_limit int, p_lease_seconds int)
 returns setof public.jobs
 language plpgsql security definer set search_path = public, pg_temp as $$
@@ -44,12 +48,12 @@ begin
       order by q.created_at, q.id limit 1) h
     left join realtime_worker.claim_turns t on t.user_id = u.user_id
     order by 3, 4, 1
-    limit greatest(p_limit, 0)
+    limit greatest(p_limit, 0) * 8 + 64
   ), oldest as (
     select q.id, 1 as tier, 0::bigint as turn, q.created_at from public.jobs q
     where q.status = 'queued' and q.run_after <= now()
     order by q.created_at, q.id
-    limit greatest(p_limit, 0)
+    limit greatest(p_limit, 0) * 8 + 64
   ), candidates as (
     select distinct on (c.id) c.id, c.tier, c.turn, c.created_at
     from (select * from heads union all select * from oldest) c
