@@ -22,6 +22,20 @@ create table if not exists _devstack.realtime_interest (
 );
 -- big changes written while no devstack was listening
 delete from _devstack.realtime_overflow where created_at < now() - interval '1 hour';
+-- One notification on the channel the devstack's Realtime server listens to; a body too large for
+-- NOTIFY (8000 bytes) waits in realtime_overflow and the notification names its sequence number.
+create or replace function _devstack.publish(seq bigint, body text) returns void
+language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if octet_length(body) >= 8000 then
+    insert into _devstack.realtime_overflow (id, payload) values (seq, body);
+    body := json_build_object('overflow', seq)::text;
+  end if;
+  perform pg_notify('_devstack_realtime', body);
+end
+$$;
 create or replace function _devstack.realtime_notify() returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -46,11 +60,7 @@ begin
     'commit_timestamp', to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
     'record', case when tg_op <> 'DELETE' then to_jsonb(new) end,
     'old_record', case when tg_op <> 'INSERT' then to_jsonb(old) end)::text;
-  if octet_length(body) >= 8000 then
-    insert into _devstack.realtime_overflow (id, payload) values (seq, body);
-    body := json_build_object('overflow', seq)::text;
-  end if;
-  perform pg_notify('_devstack_realtime', body);
+  perform _devstack.publish(seq, body);
   return null;
 end
 $$;
@@ -71,11 +81,7 @@ begin
   body := json_build_object('broadcast', json_build_object(
     'id', new.id, 'topic', new.topic, 'event', new.event, 'private', coalesce(new.private, false),
     'payload', new.payload))::text;
-  if octet_length(body) >= 8000 then
-    insert into _devstack.realtime_overflow (id, payload) values (seq, body);
-    body := json_build_object('overflow', seq)::text;
-  end if;
-  perform pg_notify('_devstack_realtime', body);
+  perform _devstack.publish(seq, body);
   return null;
 end
 $$;
