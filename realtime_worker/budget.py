@@ -14,13 +14,16 @@ back for the ``retryDelay`` (AIMD).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
+from uuid import UUID
 
 import anyio
 from loguru import logger
 
+from realtime_worker.config import WorkerSettings
 from realtime_worker.errors import JobError, QueueError, QuotaJobError, RetryableJobError
 from realtime_worker.generator import GeneratedImage, GenerationRequest, Generator
 from realtime_worker.queue import RpcCall
@@ -35,6 +38,46 @@ class BudgetSettings:
     max_concurrent: int  # GEMINI_MAX_CONCURRENT: requests in flight, fleet-wide
     max_wait_seconds: float = 30.0  # GEMINI_BUDGET_WAIT_SECONDS
     lease_seconds: int = 180  # a grant of a process that died is freed after this
+
+
+def budget_settings(s: WorkerSettings) -> BudgetSettings:
+    """The budget's limits from the worker's settings (GEMINI_RPM and its companions)."""
+    return BudgetSettings(model=s.gemini_model, rpm=s.gemini_rpm,
+                          max_concurrent=s.gemini_max_concurrent,
+                          max_wait_seconds=s.gemini_budget_wait_seconds,
+                          lease_seconds=math.ceil(s.gemini_timeout_seconds) + 60)
+
+
+@dataclass(frozen=True)
+class Prepaid:
+    grant: str
+    starts_at: float  # loop time: the request may start from here on
+
+
+class PrepaidGrants:
+    """Grants claimed with their jobs (``budget_claims``), until each job's first Gemini request
+    takes its own.
+
+    A run that lost its lease writes nothing, so its grant is never taken here: entries older
+    than ``forget_after`` seconds are dropped (the grant's own lease freed it in the database).
+    """
+
+    def __init__(self, forget_after: float = 3600.0) -> None:
+        self._by_job: dict[UUID, Prepaid] = {}
+        self._forget_after = forget_after
+
+    def put(self, job_id: UUID, grant: str, wait_seconds: float) -> None:
+        now = anyio.current_time()
+        if len(self._by_job) >= 1024:
+            self._by_job = {j: p for j, p in self._by_job.items()
+                            if p.starts_at > now - self._forget_after}
+        self._by_job[job_id] = Prepaid(grant, now + max(wait_seconds, 0.0))
+
+    def take(self, job_id: UUID | None) -> Prepaid | None:
+        return self._by_job.pop(job_id, None) if job_id is not None else None
+
+    def __len__(self) -> int:
+        return len(self._by_job)
 
 
 @dataclass(frozen=True)
@@ -85,11 +128,12 @@ class BudgetedGenerator:
     """A generator that sends each request only with a grant of the fleet's budget."""
 
     def __init__(self, inner: Generator, budget: Budget, settings: BudgetSettings,
-                 worker: str) -> None:
+                 worker: str, prepaid: PrepaidGrants | None = None) -> None:
         self._inner, self._budget, self._s, self._worker = inner, budget, settings, worker
+        self._prepaid = prepaid or PrepaidGrants()
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        grant, wait = await self._acquire()
+        grant, wait = await self._grant(request)
         error: JobError | None = None
         try:
             await anyio.sleep(wait)  # the grant's start time; cancelled, the grant is still freed
@@ -100,6 +144,14 @@ class BudgetedGenerator:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._release(grant, error)
+
+    async def _grant(self, request: GenerationRequest) -> tuple[str, float]:
+        """The grant claimed with the request's job, else one asked for now; and the seconds
+        until its start."""
+        prepaid = self._prepaid.take(request.job_id)
+        if prepaid is not None:
+            return prepaid.grant, max(prepaid.starts_at - anyio.current_time(), 0.0)
+        return await self._acquire()
 
     async def _acquire(self) -> tuple[str, float]:
         """A grant and the seconds until its start; QuotaJobError when there is no room in time."""

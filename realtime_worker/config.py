@@ -115,6 +115,9 @@ class WorkerSettings(ToolSettings):
     gemini_rpm: float = Field(0.0, validation_alias="GEMINI_RPM", ge=0)
     gemini_max_concurrent: int = Field(16, validation_alias="GEMINI_MAX_CONCURRENT", ge=1, le=10_000)
     gemini_budget_wait_seconds: float = Field(30.0, validation_alias="GEMINI_BUDGET_WAIT_SECONDS", ge=0)
+    # With the budget, a job is claimed only when its Gemini turn comes within this many seconds.
+    gemini_claim_ahead_seconds: float = Field(
+        2.0, validation_alias="GEMINI_CLAIM_AHEAD_SECONDS", ge=0, le=60)
     worker_mode: Literal["realtime", "poll"] = Field("realtime", validation_alias="WORKER_MODE")
     wakeup_source: Literal["postgres_changes", "broadcast"] = Field(
         "postgres_changes", validation_alias="WAKEUP_SOURCE")

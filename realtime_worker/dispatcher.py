@@ -336,7 +336,11 @@ class Dispatcher:
                 "the pause is over: claiming again")
             self.wake(None, "resume")
 
-    def _due_again(self, delay: int | None) -> None:
+    def wake_in(self, delay: float) -> None:
+        """Claim again in ``delay`` seconds (the fleet's Gemini budget has room then)."""
+        self._due_again(delay)
+
+    def _due_again(self, delay: float | None) -> None:
         """While serving, claim a job put back for a retry when it is due, not at the next sweep
         (``run_after`` was set from the database's clock when the call began: a little earlier)."""
         if self._serving and not self._stopping and self._tg is not None and delay is not None:

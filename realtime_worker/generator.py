@@ -11,6 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
+from uuid import UUID
 
 import aiohttp
 import httpx
@@ -58,6 +59,7 @@ class GenerationRequest:
     image: bytes | None = None
     image_mime: str = "image/jpeg"
     aspect_ratio: str = "3:4"
+    job_id: UUID | None = None  # whose request: a grant claimed with the job is found by it
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ process, the Storage and assets adapters over the worker's Supabase client.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +28,7 @@ from loguru import logger
 
 from realtime_worker import imaging, limits, memory, paths, pdf_page, prompts
 from realtime_worker.assets import AssetLookupError, Assets, SupabaseAssets
-from realtime_worker.budget import BudgetedGenerator, BudgetSettings, SupabaseBudget
+from realtime_worker.budget import BudgetedGenerator, SupabaseBudget, budget_settings
 from realtime_worker.config import WorkerSettings
 from realtime_worker.errors import ConfigError, JobError, PermanentJobError, RetryableJobError, StorageError
 from realtime_worker.generator import GeminiGenerator, GeneratedImage, GenerationRequest, Generator
@@ -158,7 +157,7 @@ class Pipeline:
         request = parse_params(job.params)
         log = logger.bind(job_id=str(job.id), kind=request.kind.value)
         image = await self._input(job, request, log)
-        generated = await self._generate(request, image, log)
+        generated = await self._generate(job.id, request, image, log)
         outputs = await self._render(generated.data, request, log)
         records = await self._upload(job, outputs, log)
         return self._result(generated, records, log)
@@ -207,7 +206,7 @@ class Pipeline:
 
     # --- generation --------------------------------------------------------------------------
 
-    async def _generate(self, request: JobRequest, image: bytes | None,
+    async def _generate(self, job_id: UUID, request: JobRequest, image: bytes | None,
                         log: Logger) -> GeneratedImage:
         prompt = prompts.compose(request)
         log.bind(event="generation_started", prompt_chars=len(prompt.text),
@@ -216,7 +215,7 @@ class Pipeline:
         started = time.monotonic()
         generated = await self._generator.generate(GenerationRequest(
             text=prompt.text, system_instruction=prompt.system_instruction, image=image,
-            image_mime="image/jpeg", aspect_ratio=prompts.ASPECT_RATIO))
+            image_mime="image/jpeg", aspect_ratio=prompts.ASPECT_RATIO, job_id=job_id))
         latency = time.monotonic() - started
         self._metrics.generation.observe(latency)
         log.bind(event="generation_done", model=generated.model,
@@ -304,11 +303,8 @@ def budgeted(generator: Generator, context: WorkerContext) -> Generator:
     if context.rpc is None:
         raise ConfigError("configuration error: GEMINI_RPM needs the worker's RPC adapter")
     rpc = SupabaseQueue(context.rpc, context.metrics).call
-    limits = BudgetSettings(model=s.gemini_model, rpm=s.gemini_rpm,
-                            max_concurrent=s.gemini_max_concurrent,
-                            max_wait_seconds=s.gemini_budget_wait_seconds,
-                            lease_seconds=math.ceil(s.gemini_timeout_seconds) + 60)
-    return BudgetedGenerator(generator, SupabaseBudget(rpc), limits, s.worker_id)
+    return BudgetedGenerator(generator, SupabaseBudget(rpc), budget_settings(s), s.worker_id,
+                             context.prepaid)
 
 
 @asynccontextmanager

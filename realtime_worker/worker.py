@@ -25,6 +25,8 @@ from anyio.abc import TaskStatus
 from loguru import logger
 
 from realtime_worker import early_signals, health, sweeper
+from realtime_worker.budget import PrepaidGrants, SupabaseBudget, budget_settings
+from realtime_worker.budget_claims import BudgetedClaims
 from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.errors import ConfigError, QueueError
@@ -80,6 +82,7 @@ class WorkerContext:
     supabase: AsyncClient
     metrics: Metrics
     rpc: RpcCall | None = None
+    prepaid: PrepaidGrants | None = None  # grants claimed with their jobs (GEMINI_RPM)
 
 
 ProcessorFactory = Callable[[WorkerContext], AbstractAsyncContextManager[Processor]]
@@ -239,14 +242,26 @@ class Worker:
             if self.settings.pause_worker:
                 await self._paused()
                 return
-            context = WorkerContext(self.settings, client, self.metrics, rpc)
+            claims = self._claims(queue)
+            context = WorkerContext(self.settings, client, self.metrics, rpc,
+                                    claims.prepaid if claims is not None else None)
             async with factory(context) as processor:
-                self.dispatcher = Dispatcher(queue, processor, self._dispatcher_settings(),
-                                             self.metrics)
+                self.dispatcher = Dispatcher(claims or queue, processor,
+                                             self._dispatcher_settings(), self.metrics)
+                if claims is not None:
+                    claims.on_room = self.dispatcher.wake_in
                 if once:
                     await self._drain(queue, self.dispatcher)
                 else:
                     await self._serve(queue, self.dispatcher)
+
+    def _claims(self, queue: SupabaseQueue) -> BudgetedClaims | None:
+        """With GEMINI_RPM, claims that take their Gemini grant with them (docs/scaling.md)."""
+        s = self.settings
+        if s.gemini_rpm <= 0:
+            return None
+        return BudgetedClaims(queue, SupabaseBudget(queue.call), budget_settings(s),
+                              s.gemini_claim_ahead_seconds, PrepaidGrants())
 
     async def _load_unless_stopped(self) -> ProcessorFactory | None:
         """The processor factory, or None when a stop comes first (before or while loading)."""

@@ -37,6 +37,10 @@ CONTRACT = {
     "worker_gemini_release": ("p_grant uuid, p_outcome text, p_retry_in_seconds double precision",
                               "double precision"),
     "worker_queue_depth": ("", "jsonb"),
+    "worker_claim_jobs_within_budget": (
+        "p_worker text, p_limit integer, p_lease_seconds integer, p_job_id uuid, p_model text, "
+        "p_rpm double precision, p_max_concurrent integer, p_ahead_seconds double precision, "
+        "p_grant_lease_seconds integer", "jsonb"),
 }
 API_ROLES = ("anon", "authenticated")
 GUARD_TRIGGER = "jobs_guard_worker_columns"
