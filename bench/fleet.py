@@ -1,9 +1,10 @@
 """A fleet under a Gemini quota, side by side: today's worker vs the fleet's budget (issue 18).
 
-``uv run python -m bench.fleet [Q] [BURST]`` runs two scenarios at once, each on its own scratch
-database, its own devstack (in this process) and its own fake Gemini key with a quota of Q
-requests per minute and 2 s per generation: 3 worker processes (MAX_CONCURRENT_JOBS=2, the
-pipeline processor), a burst of BURST jobs from user A, then 5 jobs of user B 10 s later.
+``uv run python -m bench.fleet [Q] [BURST] [SLOTS]`` runs two scenarios at once, each on its own
+scratch database, its own devstack (in this process) and its own fake Gemini key with a quota of
+Q requests per minute and 2 s per generation: 3 worker processes (MAX_CONCURRENT_JOBS=SLOTS,
+default 2, the pipeline processor), a burst of BURST jobs from user A, then 5 jobs of user B 10 s
+later.
 
 * today: the worker as of BASELINE (``git archive``; a 429 uses an attempt, claims oldest first),
   on the same schema with worker_claim_jobs as it was (0002);
@@ -50,7 +51,7 @@ from realtime_worker_devstack.server import Devstack, running
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "1991188"  # this branch's start: the worker before issue 18
 GENERATION_SECONDS = 2.0
-WORKERS, SLOTS = 3, 2
+WORKERS, SLOTS = 3, 2  # slots per worker: the third argument changes it
 B_JOBS, B_AFTER = 5, 10.0
 SAMPLE_EVERY = 5.0
 PARAMS = '{"text_prompt": "a lighthouse by the sea", "title": "Fleet"}'
@@ -89,6 +90,7 @@ class Scenario:
     env: dict[str, str]  # worker settings beyond the stack's
     pythonpath: str | None = None  # the baseline's tree
     old_claims: str | None = None  # SQL putting back the baseline's worker_claim_jobs
+    slots: int = SLOTS
     timeline: list[tuple[float, int]] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -109,7 +111,7 @@ def spawn_workers(stack: Devstack, scenario: Scenario, folder: Path) -> list[Wor
         port = free_port()
         env = {**base_env(), **stack.env(), "PORT": str(port), "LOG_FORMAT": "json",
                "LOG_LEVEL": "INFO", "WORKER_ID": f"{scenario.name}-{n}",
-               "MAX_CONCURRENT_JOBS": str(SLOTS), "IMAGE_THREADS": "1", **scenario.env}
+               "MAX_CONCURRENT_JOBS": str(scenario.slots), "IMAGE_THREADS": "1", **scenario.env}
         env.pop("DATABASE_URL", None)
         if scenario.pythonpath:
             env["PYTHONPATH"] = scenario.pythonpath
@@ -252,6 +254,14 @@ def b_waits(r: dict[str, Any]) -> str:
             f"{max(r['b_to_claim']):.1f} s; median done {statistics.median(r['b_to_end']):.1f} s)")
 
 
+def b_each(r: dict[str, Any]) -> str:
+    """Each of B's jobs: time to done less one job's duration, in job durations, in order."""
+    if not r["b_to_end"]:
+        return "B unfinished"
+    waits = sorted((t - r["job_seconds"]) / r["job_seconds"] for t in r["b_to_end"])
+    return ", ".join(f"{w:.1f}" for w in waits)
+
+
 def timeline(scenario: Scenario) -> str:
     points, last = [], None
     for at, count in scenario.timeline:
@@ -262,9 +272,9 @@ def timeline(scenario: Scenario) -> str:
 
 
 def report(scenarios: list[Scenario], q: int, burst: int, took: float) -> None:
-    print(f"quota Q = {q} requests/min per key, generation {GENERATION_SECONDS:g} s; {WORKERS} workers x "
-          f"{SLOTS} slots; user A: {burst} jobs at t=0, user B: {B_JOBS} jobs at t={B_AFTER:g} s; "
-          f"both scenarios ran at once in {took:.0f} s")
+    print(f"quota Q = {q} requests/min per key, generation {GENERATION_SECONDS:g} s; {WORKERS} workers"
+          f" x {scenarios[0].slots} slots; user A: {burst} jobs at t=0, user B: {B_JOBS} jobs at"
+          f" t={B_AFTER:g} s; both scenarios ran at once in {took:.0f} s")
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("jobs finished / total", lambda r: f"{r['finished']} / {r['jobs']}"),
         ("drain time vs quota bound", lambda r: f"{r['drain']:.1f} s vs {r['bound']:.1f} s "
@@ -275,6 +285,7 @@ def report(scenarios: list[Scenario], q: int, burst: int, took: float) -> None:
         ("deferrals (sum)", lambda r: str(r["deferrals"])),
         ("one job's duration (fastest)", lambda r: f"{r['job_seconds']:.1f} s"),
         ("user B's longest wait", b_waits),
+        ("user B's waits, in job durations", b_each),
     ]
     for label, cell in rows:
         print(f"{label:<30}" + "".join(f" | {s.name}: {cell(s.result)}" for s in scenarios))
@@ -282,12 +293,13 @@ def report(scenarios: list[Scenario], q: int, burst: int, took: float) -> None:
         print(f"{'CREMA instances, ' + s.name:<30} | {timeline(s)}")
 
 
-async def main(q: int, burst: int) -> None:
+async def main(q: int, burst: int, slots: int = SLOTS) -> None:
     with temp_folder() as folder:
         path, claims = baseline_tree(folder / "baseline")
         scenarios = [
-            Scenario("today", {}, pythonpath=path, old_claims=claims),
-            Scenario("fleet", {"GEMINI_RPM": str(q), "GEMINI_MAX_CONCURRENT": str(WORKERS * SLOTS)}),
+            Scenario("today", {}, pythonpath=path, old_claims=claims, slots=slots),
+            Scenario("fleet", {"GEMINI_RPM": str(q), "GEMINI_MAX_CONCURRENT": str(WORKERS * slots)},
+                     slots=slots),
         ]
         async with postgres_server(folder) as admin, contextlib.AsyncExitStack() as stacks:
             opened = [await open_stack(stacks, admin, s, q, folder) for s in scenarios]
@@ -299,4 +311,5 @@ async def main(q: int, burst: int) -> None:
 
 if __name__ == "__main__":
     asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 30,
-                     int(sys.argv[2]) if len(sys.argv) > 2 else 55))
+                     int(sys.argv[2]) if len(sys.argv) > 2 else 55,
+                     int(sys.argv[3]) if len(sys.argv) > 3 else SLOTS))
