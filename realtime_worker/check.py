@@ -2,20 +2,18 @@
 
 One line per item, ✓ or ✗ with the fix: the configuration; Supabase REST with the migration
 (``worker_reap_expired(0)``, an RPC only the migration provides, with the service-role key);
-the Storage buckets; the Realtime subscription to ``public.jobs`` (the server's
-"Subscribed to PostgreSQL" system message, not just the join); Gemini (key accepted, model
-available). Every check has its own time limit and they run side by side. The exit code is 0
-only when every line is ✓. Secrets are never printed: every line goes through the redactor
+the Storage buckets; Realtime as the worker's listener will use it (``check_realtime``: the
+``public.jobs`` subscription, or the Broadcast migration and private join); Gemini (key
+accepted, model available). Every check has its own time limit and they run side by side. The
+exit code is 0 only when every line is ✓. Secrets are never printed: every line goes through the redactor
 the logs use.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -24,49 +22,24 @@ from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 from supabase import AsyncClient
 
-from realtime_worker import config, logs, paths
+from realtime_worker import check_realtime, config, logs, paths
+from realtime_worker.check_outcome import (
+    KEY_FIX,
+    PROBE_RPC,
+    URL_FIX,
+    Outcome,
+    failed,
+    passed,
+    rest_error,
+    unreachable,
+)
 from realtime_worker.config import WorkerSettings
 from realtime_worker.console import say
 from realtime_worker.errors import ConfigError, ConfigurationJobError, JobError
-from realtime_worker.jobs_channel import jobs_inserts
 from realtime_worker.worker import supabase_client
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
-CHANNEL = "realtime-worker-check"
-SUBSCRIBED = "Subscribed to PostgreSQL"
-PROBE_RPC = "worker_reap_expired"
-MIGRATION_FIX = "run `realtime-worker migrate` or apply `realtime-worker sql`"
-KEY_FIX = "set SUPABASE_SERVICE_ROLE_KEY to the project's service_role key (Project Settings → API)"
 GEMINI_NETWORK_FIX = "check the network (and GEMINI_BASE_URL, which is normally unset)"
-URL_FIX = "check SUPABASE_URL (https://<project-ref>.supabase.co) and the network"
-_KEY_CODES = frozenset({"PGRST301", "PGRST302", "PGRST303", "401"})
-_MISSING_FUNCTION_CODES = frozenset({"PGRST202", "42883"})
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One checked item: ✓ with what was found, or ✗ with what is wrong and the fix."""
-
-    item: str
-    ok: bool
-    detail: str
-    fix: str | None = None
-
-    def line(self) -> str:
-        text = f"{'✓' if self.ok else '✗'} {self.item}: {self.detail}"
-        return f"{text} — fix: {self.fix}" if self.fix else text
-
-
-def passed(item: str, detail: str) -> Outcome:
-    return Outcome(item, True, detail)
-
-
-def failed(item: str, detail: str, fix: str) -> Outcome:
-    return Outcome(item, False, detail, fix)
-
-
-def unreachable(item: str, exc: BaseException) -> Outcome:
-    return failed(item, f"SUPABASE_URL unreachable ({type(exc).__name__})", URL_FIX)
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -84,21 +57,6 @@ def load_settings(**overrides: Any) -> tuple[WorkerSettings | None, Outcome]:
 
 
 # --- Supabase REST and the migration ---------------------------------------------------------
-
-
-def rest_error(exc: APIError) -> Outcome:
-    item, code, message = "Supabase REST", str(exc.code or ""), str(exc.message or "")
-    if code in _MISSING_FUNCTION_CODES:
-        return failed(item, f"migration not applied ({PROBE_RPC} not found)", MIGRATION_FIX)
-    if code in _KEY_CODES or message.startswith(("Invalid API key", "No API key")):
-        return failed(item, f"SUPABASE_SERVICE_ROLE_KEY rejected ({message or code})", KEY_FIX)
-    if code == "42501":
-        return failed(item, f"SUPABASE_SERVICE_ROLE_KEY may not call {PROBE_RPC} (permission denied):"
-                            " it is not the service_role key", KEY_FIX)
-    if code == "404":
-        return failed(item, f"no {PROBE_RPC} at SUPABASE_URL/rest/v1 (HTTP 404)",
-                      f"check SUPABASE_URL; if it is right, {MIGRATION_FIX}")
-    return failed(item, f"error {code}: {message}", "see the Supabase project's API logs")
 
 
 async def check_rest(client: AsyncClient) -> Outcome:
@@ -144,82 +102,6 @@ async def check_buckets(client: AsyncClient) -> Outcome:
     return passed("Storage buckets", ", ".join(sorted(paths.BUCKETS)))
 
 
-# --- Realtime --------------------------------------------------------------------------------
-
-
-def field(payload: Any, name: str) -> Any:
-    """A field of a system payload (a dict or an object, depending on the client version)."""
-    return payload.get(name) if isinstance(payload, dict) else getattr(payload, name, None)
-
-
-class Subscription:
-    """Collects what the channel reports: the database subscription's system message or an error."""
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.outcome: Outcome | None = None
-
-    def _finish(self, outcome: Outcome) -> None:
-        if self.outcome is None:
-            self.outcome = outcome
-            self.done.set()
-
-    def on_system(self, payload: Any) -> None:
-        extension, status, message = (field(payload, name) for name in ("extension", "status", "message"))
-        if extension not in ("postgres_changes", "system"):
-            return
-        if status == "ok":
-            self._finish(passed("Realtime", f"subscribed to public.jobs inserts ({message})"))
-        else:
-            self._finish(failed("Realtime", f"subscription refused: {message}",
-                                "add public.jobs to the supabase_realtime publication: " + MIGRATION_FIX))
-
-    def on_state(self, state: Any, error: Exception | None = None) -> None:
-        name = str(getattr(state, "value", state))
-        system = system_error(error)
-        if system is not None:  # realtime-py reports an error system message as CHANNEL_ERROR
-            self.on_system(system)
-        elif name != "SUBSCRIBED":
-            detail = f"channel {name}" + (f": {error}" if error else "")
-            self._finish(failed("Realtime", detail, "check SUPABASE_URL, the key and Realtime settings"))
-
-
-def system_error(error: Exception | None) -> dict[str, Any] | None:
-    """The system message inside a CHANNEL_ERROR (realtime-py puts its JSON in the exception)."""
-    try:
-        payload = json.loads(str(error)) if error is not None else None
-    except ValueError:
-        return None
-    return payload if isinstance(payload, dict) and "extension" in payload else None
-
-
-def realtime_error(exc: Exception) -> Outcome:
-    text = str(exc)
-    if any(code in text for code in ("HTTP 401", "HTTP 403")):
-        return failed("Realtime", f"SUPABASE_SERVICE_ROLE_KEY rejected ({text})", KEY_FIX)
-    if isinstance(exc, OSError):
-        return unreachable("Realtime", exc)
-    return failed("Realtime", f"{type(exc).__name__}: {text}", URL_FIX)
-
-
-async def check_realtime(settings: WorkerSettings) -> Outcome:
-    """Join a channel on ``public.jobs`` inserts with the official client and wait for the database."""
-    if settings.worker_mode == "poll":
-        return passed("Realtime", "not used (WORKER_MODE=poll)")
-    subscription = Subscription()
-    try:
-        async with jobs_inserts(settings.supabase_url,
-                                settings.supabase_service_role_key.get_secret_value(), CHANNEL,
-                                {"max_retries": 1, "initial_backoff": 0.2}, lambda _payload: None,
-                                subscription.on_system) as (_client, channel):
-            await channel.subscribe(subscription.on_state)
-            await subscription.done.wait()
-    except Exception as exc:
-        return realtime_error(exc)
-    assert subscription.outcome is not None
-    return subscription.outcome
-
-
 # --- Gemini ----------------------------------------------------------------------------------
 
 
@@ -252,20 +134,19 @@ async def check_gemini(settings: WorkerSettings) -> Outcome:
 # --- running them ----------------------------------------------------------------------------
 
 Check = Callable[[], Awaitable[Outcome]]
-SLOW: dict[str, tuple[str, str]] = {
+Slow = dict[str, tuple[str, str]]
+SLOW: Slow = {
     "Supabase REST": ("no answer", URL_FIX),
     "Storage buckets": ("no answer", URL_FIX),
-    "Realtime": (f"no '{SUBSCRIBED}' system message",
-                 "check SUPABASE_URL, the network and that Realtime is enabled for the project"),
     "Gemini": ("no answer", GEMINI_NETWORK_FIX),
 }
 
 
-async def limited(item: str, check: Check, within: float) -> Outcome:
-    """``check`` within ``within`` seconds; a ✗ saying so when it takes longer."""
+async def limited(item: str, check: Check, within: float, slow: Slow) -> Outcome:
+    """``check`` within ``within`` seconds; a ✗ saying so (``slow[item]``) when it takes longer."""
     with anyio.move_on_after(within):
         return await check()
-    what, fix = SLOW[item]
+    what, fix = slow[item]
     return failed(item, f"{what} within {within:g} s", fix)
 
 
@@ -276,13 +157,14 @@ async def run_checks(settings: WorkerSettings, *,
         checks: list[tuple[str, Check]] = [
             ("Supabase REST", lambda: check_rest(client)),
             ("Storage buckets", lambda: check_buckets(client)),
-            ("Realtime", lambda: check_realtime(settings)),
+            ("Realtime", lambda: check_realtime.check(settings, client)),
             ("Gemini", lambda: check_gemini(settings)),
         ]
         results: dict[int, Outcome] = {}
+        slow = {**SLOW, "Realtime": check_realtime.slow(settings)}
 
         async def one(index: int, item: str, check: Check) -> None:
-            results[index] = await limited(item, check, within)
+            results[index] = await limited(item, check, within, slow)
 
         async with anyio.create_task_group() as tg:
             for index, (item, check) in enumerate(checks):

@@ -1,6 +1,7 @@
-"""The Realtime channel shape of the worker: ``postgres_changes`` INSERT on ``public.jobs``, on an
-official supabase client, closed quietly whatever happened. The listener and ``check`` both open
-it (the listener's Broadcast source opens its private channel on the same client).
+"""The Realtime channel shapes of the worker, on an official supabase client closed quietly
+whatever happened: ``postgres_changes`` INSERT on ``public.jobs``, or the private Broadcast topic
+``worker:jobs`` that migration 0020's trigger sends to. The listener and ``check`` both open them,
+so ``check`` joins exactly as the worker will.
 
 supabase and realtime are imported when a channel is opened: they take a while to import, and
 the worker loads them in the background after its health server is up.
@@ -17,8 +18,12 @@ import anyio
 
 if TYPE_CHECKING:
     from realtime import AsyncRealtimeChannel
+    from realtime.types import ReplayOption
     from supabase import AsyncClient
     from supabase.types import RealtimeClientOptions
+
+BROADCAST_TOPIC = "worker:jobs"  # fixed by the migration 0020_broadcast_wakeup
+REPLAY_LIMIT = 25  # the most the server replays per join
 
 
 @asynccontextmanager
@@ -43,6 +48,17 @@ def jobs_inserts_channel(client: AsyncClient, channel_name: str,
     channel.on_postgres_changes(RealtimePostgresChangesListenEvent.Insert, schema="public",
                                 table="jobs", callback=on_insert)
     return channel
+
+
+def broadcast_channel(client: AsyncClient, topic: str, replay: ReplayOption,
+                      on_broadcast: Callable[[Any], None]) -> AsyncRealtimeChannel:
+    """The private channel on ``topic`` with Broadcast INSERTs bound, not yet subscribed. The join
+    payload holds ``replay`` itself ({since, limit}), and realtime-py sends it again on every
+    rejoin: whoever keeps ``since`` current decides what each rejoin asks to be replayed."""
+    return client.channel(topic, {"config": {
+        "broadcast": {"ack": False, "self": False, "replay": replay},
+        "presence": {"key": "", "enabled": False}, "private": True,
+    }}).on_broadcast("INSERT", on_broadcast)
 
 
 @asynccontextmanager

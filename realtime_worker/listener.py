@@ -35,18 +35,22 @@ import anyio
 from loguru import logger
 
 from realtime_worker.health_state import RealtimeLink
-from realtime_worker.jobs_channel import jobs_client, jobs_inserts_channel
+from realtime_worker.jobs_channel import (
+    BROADCAST_TOPIC,
+    REPLAY_LIMIT,
+    broadcast_channel,
+    jobs_client,
+    jobs_inserts_channel,
+)
 from realtime_worker.metrics import Metrics
 from realtime_worker.retry import Backoff, reconnect_delay
 
 if TYPE_CHECKING:
+    from realtime.types import ReplayOption
     from supabase.types import RealtimeClientOptions
 
 Wake = Callable[[UUID | None, str], None]
 Source = Literal["postgres_changes", "broadcast"]
-
-BROADCAST_TOPIC = "worker:jobs"  # fixed by the migration 0020_broadcast_wakeup
-REPLAY_LIMIT = 25  # the most the server replays per join
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,9 +132,9 @@ class Listener:
         self.subscriptions = 0
         self.duplicates = 0
         self._seen = SeenIds(settings.seen_ids)
-        # The join payload holds this very dict, and realtime-py sends the join again on every
-        # rejoin: keeping ``since`` current here is what makes each rejoin ask for the right replay.
-        self._replay: dict[str, int] = {"since": self._since_ms(), "limit": REPLAY_LIMIT}
+        # The join payload holds this very dict (``broadcast_channel``): keeping ``since`` current
+        # here is what makes each rejoin ask for the right replay.
+        self._replay: ReplayOption = {"since": self._since_ms(), "limit": REPLAY_LIMIT}
 
     # -- callbacks: synchronous, never raise --------------------------------------------------
     # An insert is news whichever session brings it; state and system callbacks name theirs.
@@ -224,10 +228,7 @@ class Listener:
 
     def _channel(self, client: Any) -> Any:
         if self._s.source == "broadcast":
-            config = {"broadcast": {"ack": False, "self": False, "replay": self._replay},
-                      "presence": {"key": "", "enabled": False}, "private": True}
-            return client.channel(self._s.topic, {"config": config}).on_broadcast(
-                "INSERT", self.on_broadcast)
+            return broadcast_channel(client, self._s.topic, self._replay, self.on_broadcast)
         return jobs_inserts_channel(client, self._s.channel, self.on_insert)
 
     def _since_ms(self) -> int:

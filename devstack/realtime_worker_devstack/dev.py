@@ -155,12 +155,18 @@ async def watch_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
                 stop.set()
 
 
+async def prepare_wakeup(stack: Devstack, settings: WorkerSettings) -> None:
+    """With ``WAKEUP_SOURCE=broadcast``, the Broadcast migration (0020) on the stack's database:
+    without its trigger and policies the worker would hear nothing."""
+    if settings.wakeup_source == "broadcast":
+        await migrate.migrate(stack.database_dsn, wakeup="broadcast")
+
+
 async def run_beside(stack: Devstack, options: DevOptions, begun: float, stop: anyio.Event) -> None:
     """The worker next to the running stack, until ``stop``; then its graceful shutdown."""
     settings = stack_worker_settings(stack, os.environ, PORT=options.worker_port)
     logs.configure(settings.log_format, settings.log_level, stack_secrets(stack, settings))
-    if settings.wakeup_source == "broadcast":  # the worker hears nothing without the trigger
-        await migrate.migrate(stack.database_dsn, wakeup="broadcast")
+    await prepare_wakeup(stack, settings)
     worker = Worker(settings, default_processor())
     async with anyio.create_task_group() as tg:
         port = await tg.start(functools.partial(worker.run, host=HOST, install_signals=False))

@@ -1,4 +1,5 @@
-"""``realtime-worker check`` against the devstack: all ✓, then each broken piece gives its own ✗.
+"""``realtime-worker check`` against the devstack: all ✓, then each broken piece gives its own ✗;
+with ``WAKEUP_SOURCE=broadcast`` the Realtime line checks the Broadcast migration and private join.
 
 Cases run the check's entry point in-process (``check.run_checks``) or the CLI as a subprocess
 (the devstack keeps serving in this test's event loop while the subprocess runs).
@@ -17,7 +18,7 @@ import asyncpg
 import pytest
 
 from bench.harness import free_port
-from realtime_worker import check, config
+from realtime_worker import check, check_outcome, check_realtime, config, migrate
 from realtime_worker.config import WorkerSettings
 from realtime_worker_devstack import postgres, server
 from realtime_worker_devstack.db import Database as StackDatabase
@@ -39,7 +40,7 @@ def settings_for(devstack: Devstack, **env: str) -> WorkerSettings:
     return config.load(WorkerSettings, **{**devstack.env(), "PORT": "0", **env}, _env_file=None)
 
 
-async def outcomes(devstack: Devstack, **env: str) -> dict[str, check.Outcome]:
+async def outcomes(devstack: Devstack, **env: str) -> dict[str, check_outcome.Outcome]:
     settings = settings_for(devstack, **env)
     with anyio.fail_after(3 * WITHIN):
         found = await check.run_checks(settings, within=WITHIN)
@@ -118,7 +119,7 @@ async def test_unreachable_url(devstack: Devstack) -> None:
     for item in ("Supabase REST", "Storage buckets", "Realtime"):
         assert not found[item].ok, found[item]
         assert found[item].detail.startswith("SUPABASE_URL unreachable"), found[item]
-        assert found[item].fix == check.URL_FIX
+        assert found[item].fix == check_outcome.URL_FIX
     assert found["Gemini"].ok
 
 
@@ -190,3 +191,52 @@ async def test_missing_migration_through_the_cli(stack_without_migration: Devsta
     realtime = next(line for line in out.splitlines() if line.startswith("✗ Realtime"))
     assert "subscription refused" in realtime and "supabase_realtime publication" in realtime
     assert marks(out)["Storage buckets"] == "✓" and marks(out)["Gemini"] == "✓"
+
+
+# --- WAKEUP_SOURCE=broadcast ---------------------------------------------------------------------
+
+
+def line_of(out: str, start: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(start))
+
+
+@pytest.fixture
+async def broadcast_stack(devstack: Devstack) -> Devstack:
+    """The devstack over a database with the Broadcast wake-up's migration (0020) applied."""
+    await migrate.migrate(devstack.database_dsn, wakeup="broadcast")
+    return devstack
+
+
+async def test_broadcast_joins_the_private_topic(broadcast_stack: Devstack) -> None:
+    found = await outcomes(broadcast_stack, WAKEUP_SOURCE="broadcast")
+    assert all(o.ok for o in found.values()), [o.line() for o in found.values()]
+    assert found["Realtime"].detail.startswith("private channel worker:jobs joined with the service-role key")
+
+
+async def test_broadcast_without_its_migration(devstack: Devstack) -> None:
+    found = await outcomes(devstack, WAKEUP_SOURCE="broadcast")  # the devstack installs 0001.. only
+    realtime = found["Realtime"]
+    assert not realtime.ok
+    assert "migration is not applied (worker_broadcast_topic not found)" in realtime.detail
+    assert realtime.fix == check_realtime.BROADCAST_FIX
+    assert "`realtime-worker migrate --wakeup broadcast`" in realtime.line()
+    assert all(found[item].ok for item in ("Supabase REST", "Storage buckets", "Gemini"))
+
+
+async def test_broadcast_private_join_refused_through_the_cli(broadcast_stack: Devstack,
+                                                              tmp_path: Path) -> None:
+    # service_role bypasses RLS (on Supabase as in fixtures/supabase_base.sql), so dropping
+    # 0020's policy alone changes nothing for it; without SELECT on realtime.messages the
+    # server's read check fails and it refuses the join as it does for an RLS refusal.
+    async with broadcast_stack.db.admin() as conn:
+        await conn.execute("revoke select on realtime.messages from service_role")
+    code, out = await run_cli(clean_env(**broadcast_stack.env(), WAKEUP_SOURCE="broadcast"), tmp_path)
+    assert code == 1, out
+    realtime = line_of(out, "✗ Realtime")
+    assert "private join of worker:jobs refused: Unauthorized" in realtime, out
+    assert "policy worker_jobs_topic_service_role" in realtime
+    assert "`realtime-worker migrate --wakeup broadcast --force`" in realtime
+    assert {item: mark for item, mark in marks(out).items() if item != "Realtime"} == dict.fromkeys(
+        ["configuration", "Supabase REST", "Storage buckets", "Gemini"], "✓"), out
+    for secret in (broadcast_stack.service_key, broadcast_stack.gemini_api_key, broadcast_stack.keys.secret):
+        assert secret not in out
