@@ -22,7 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from bench.processors import CLAIMED, StartSignal
-from realtime_worker import cli, listener, memory, queue, worker
+from realtime_worker import budget_claims, cli, listener, memory, queue, worker
 from realtime_worker.jobs import Job
 
 TRACE = StartSignal.from_env()
@@ -30,6 +30,23 @@ TRACE = StartSignal.from_env()
 
 class StampedQueue(queue.SupabaseQueue):
     """Reports ``claimed:<id>`` for every job a claim's answer brought."""
+
+    async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
+        job = await super().claim_job(job_id, worker, lease_seconds)
+        if job is not None:
+            TRACE(CLAIMED + str(job.id), time.monotonic())
+        return job
+
+    async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
+        jobs = await super().claim_jobs(worker, limit, lease_seconds)
+        at = time.monotonic()
+        for job in jobs:
+            TRACE(CLAIMED + str(job.id), at)
+        return jobs
+
+
+class StampedBudgetedClaims(budget_claims.BudgetedClaims):
+    """The same report for claims within the fleet's Gemini budget (``GEMINI_RPM`` set)."""
 
     async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
         job = await super().claim_job(job_id, worker, lease_seconds)
@@ -72,6 +89,7 @@ def patch(name: str) -> None:
         setattr(worker, "Listener", TracedListener)  # noqa: B010
     elif name == "claimed":
         setattr(worker, "SupabaseQueue", StampedQueue)  # noqa: B010
+        setattr(worker, "BudgetedClaims", StampedBudgetedClaims)  # noqa: B010
     elif name == "no-trim":
         setattr(memory, "release", lambda: None)  # noqa: B010
     else:

@@ -67,10 +67,14 @@ async def observe(worker: Worker, mode: str, interval: float, window: float) -> 
 async def measure(ctx: Context, window: float) -> list[Idle]:
     async with harness.worker(ctx.stack, ctx.folder, "idle-realtime", processor=harness.PIPELINE) as rt, \
             harness.worker(ctx.stack, ctx.folder, "idle-poll", processor=harness.PIPELINE,
-                           args=("--poll-only",), POLL_INTERVAL_SECONDS=str(POLL_INTERVAL)) as poll:
+                           args=("--poll-only",), POLL_INTERVAL_SECONDS=str(POLL_INTERVAL)) as poll, \
+            harness.worker(ctx.stack, ctx.folder, "idle-budget", processor=harness.PIPELINE,
+                           GEMINI_RPM="60") as budgeted:
         return list(await asyncio.gather(
             observe(rt, "realtime (sweep 30 s)", REALTIME_SWEEP, window),
-            observe(poll, "poll-only 5 s", POLL_INTERVAL, window)))
+            observe(poll, "poll-only 5 s", POLL_INTERVAL, window),
+            observe(budgeted, "realtime, fleet Gemini budget on (GEMINI_RPM=60)", REALTIME_SWEEP,
+                    window)))
 
 
 def describe(ctx: Context, idles: list[Idle]) -> Section:
@@ -89,9 +93,11 @@ def describe(ctx: Context, idles: list[Idle]) -> Section:
 async def run(ctx: Context) -> None:
     idles = await measure(ctx, ctx.size(120, 30))
     describe(ctx, idles)
-    realtime, poll = idles
+    realtime, poll, budgeted = idles
     ctx.results.target(4, "idle database requests/min, realtime mode", "≤ 4/min (old worker 24/min)",
                        f"{realtime.per_minute:.1f}/min (poll-only 5 s: {poll.per_minute:.1f}/min)",
                        realtime.per_minute <= 4)
+    ctx.results.target(18, "idle database requests/min, fleet Gemini budget on", "≤ 4/min (unchanged)",
+                       f"{budgeted.per_minute:.1f}/min ({budgeted.counts})", budgeted.per_minute <= 4)
     ctx.results.target(4, "RSS idle (pipeline processor, realtime mode)", "≤ 150 MB",
                        f"{realtime.rss_mib:.0f} MiB", realtime.rss_mib * 2**20 <= 150e6)
