@@ -79,18 +79,17 @@ class RetryPolicy:
     """What a failed attempt of a job leads to.
 
     A :class:`~realtime_worker.errors.QuotaJobError` (Gemini's quota, or the fleet's budget of
-    it, had no room) defers the job instead of spending an attempt; so does any error whose code
-    is in ``defer_codes``. The job's own budget of deferrals is kept by ``worker_defer_job``.
+    it, had no room) defers the job instead of spending an attempt: the error's class says so,
+    not its code. The job's own budget of deferrals is kept by ``worker_defer_job``.
     """
 
     backoff: Backoff = Backoff()
-    defer_codes: frozenset[str] = frozenset()
 
     def decide(self, error: JobError, attempt: int, max_attempts: int,
                rng: random.Random | None = None) -> Decision:
         if not error.retryable:
             return Fail()
-        if isinstance(error, QuotaJobError) or error.code in self.defer_codes:
+        if isinstance(error, QuotaJobError):
             return Defer(self.defer_wait(error, rng))
         after = self.wait(error, attempt, rng)
         if attempt >= max_attempts:

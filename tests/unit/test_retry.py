@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from realtime_worker.errors import PermanentJobError, RetryableJobError
+from realtime_worker.errors import PermanentJobError, QuotaJobError, RetryableJobError
 from realtime_worker.retry import (
     MAX_RETRY_DELAY_SECONDS,
     Backoff,
@@ -73,14 +73,14 @@ def test_the_servers_delay_wins_when_longer_and_is_cut_to_a_day() -> None:
     assert policy.decide(RetryableJobError("x", code="e", retry_after=math.nan), 1, 3) == Retry(5)
 
 
-def test_a_deferring_code_defers_even_past_the_attempts() -> None:
-    policy = RetryPolicy(NO_JITTER, defer_codes=frozenset({"rate_limited"}))
-    limited = RetryableJobError("x", code="rate_limited", retry_after=30)
-    assert policy.decide(limited, 3, 3) == Defer(30)
+def test_a_quota_error_defers_even_past_the_attempts_whatever_its_code() -> None:
+    policy = RetryPolicy(NO_JITTER)
+    for code in ("rate_limited", "daily_quota", "anything"):
+        assert policy.decide(QuotaJobError("x", code=code, retry_after=30), 3, 3) == Defer(30)
     assert policy.decide(RetryableJobError("x", code="e"), 3, 3) == Fail()
 
 
-def test_rate_limits_are_retries_until_the_queue_can_defer() -> None:
+def test_a_rate_limit_code_on_a_plain_retryable_error_spends_attempts() -> None:
     limited = RetryableJobError("x", code="rate_limited", retry_after=30)
     assert RetryPolicy(NO_JITTER).decide(limited, 1, 3) == Retry(30)
     assert RetryPolicy(NO_JITTER).decide(limited, 3, 3) == Fail()
