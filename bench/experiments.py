@@ -28,38 +28,37 @@ from realtime_worker.jobs import Job
 TRACE = StartSignal.from_env()
 
 
+def stamp_one(job: Job | None) -> Job | None:
+    if job is not None:
+        TRACE(CLAIMED + str(job.id), time.monotonic())
+    return job
+
+
+def stamp_all(jobs: list[Job]) -> list[Job]:
+    at = time.monotonic()
+    for job in jobs:
+        TRACE(CLAIMED + str(job.id), at)
+    return jobs
+
+
 class StampedQueue(queue.SupabaseQueue):
     """Reports ``claimed:<id>`` for every job a claim's answer brought."""
 
     async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
-        job = await super().claim_job(job_id, worker, lease_seconds)
-        if job is not None:
-            TRACE(CLAIMED + str(job.id), time.monotonic())
-        return job
+        return stamp_one(await super().claim_job(job_id, worker, lease_seconds))
 
     async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
-        jobs = await super().claim_jobs(worker, limit, lease_seconds)
-        at = time.monotonic()
-        for job in jobs:
-            TRACE(CLAIMED + str(job.id), at)
-        return jobs
+        return stamp_all(await super().claim_jobs(worker, limit, lease_seconds))
 
 
 class StampedBudgetedClaims(budget_claims.BudgetedClaims):
     """The same report for claims within the fleet's Gemini budget (``GEMINI_RPM`` set)."""
 
     async def claim_job(self, job_id: UUID, worker: str, lease_seconds: int) -> Job | None:
-        job = await super().claim_job(job_id, worker, lease_seconds)
-        if job is not None:
-            TRACE(CLAIMED + str(job.id), time.monotonic())
-        return job
+        return stamp_one(await super().claim_job(job_id, worker, lease_seconds))
 
     async def claim_jobs(self, worker: str, limit: int, lease_seconds: int) -> list[Job]:
-        jobs = await super().claim_jobs(worker, limit, lease_seconds)
-        at = time.monotonic()
-        for job in jobs:
-            TRACE(CLAIMED + str(job.id), at)
-        return jobs
+        return stamp_all(await super().claim_jobs(worker, limit, lease_seconds))
 
 
 class TracedListener(listener.Listener):
