@@ -130,7 +130,7 @@ class BudgetedGenerator:
     def __init__(self, inner: Generator, budget: Budget, settings: BudgetSettings,
                  worker: str, prepaid: PrepaidGrants | None = None) -> None:
         self._inner, self._budget, self._s, self._worker = inner, budget, settings, worker
-        self._prepaid = prepaid or PrepaidGrants()
+        self._prepaid = prepaid if prepaid is not None else PrepaidGrants()
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         grant, wait = await self._grant(request)

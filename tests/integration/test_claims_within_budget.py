@@ -129,10 +129,10 @@ async def test_the_adapter_hands_the_grant_to_the_job_and_frees_one_never_used(
         budget, prepaid = SupabaseBudget(queue.call), PrepaidGrants()
         claims = BudgetedClaims(queue, budget, settings, 2.0, prepaid)
         claims.on_room = woken.append
+        inner = ScriptedGemini()  # built first, as the worker does: it shares the empty registry
+        generator = BudgetedGenerator(inner, budget, settings, "w1", prepaid)
         first = await claims.claim_job(used, "w1", 30)
         assert first is not None and first.id == used and len(prepaid) == 1
-        inner = ScriptedGemini()
-        generator = BudgetedGenerator(inner, budget, settings, "w1", prepaid)
         await generator.generate(GenerationRequest(text="a fox", system_instruction="x",
                                                    job_id=used))
         assert inner.calls == 1 and len(prepaid) == 0
