@@ -250,7 +250,7 @@ def b_waits(r: dict[str, Any]) -> str:
     if not r["b_to_end"]:
         return "B unfinished"
     wait = max(r["b_to_end"]) - r["job_seconds"]
-    return (f"{wait:.1f} s = {wait / r['job_seconds']:.1f} job durations (claimed after at most "
+    return (f"{wait:.2f} s = {wait / r['job_seconds']:.2f} job durations (claimed after at most "
             f"{max(r['b_to_claim']):.1f} s; median done {statistics.median(r['b_to_end']):.1f} s)")
 
 
@@ -259,7 +259,7 @@ def b_each(r: dict[str, Any]) -> str:
     if not r["b_to_end"]:
         return "B unfinished"
     waits = sorted((t - r["job_seconds"]) / r["job_seconds"] for t in r["b_to_end"])
-    return ", ".join(f"{w:.1f}" for w in waits)
+    return ", ".join(f"{w:.2f}" for w in waits)
 
 
 def timeline(scenario: Scenario) -> str:
@@ -283,7 +283,7 @@ def report(scenarios: list[Scenario], q: int, burst: int, took: float) -> None:
         ("429s / Gemini requests", lambda r: f"{r['gemini_429']} / {r['gemini_requests']} = "
                                              f"{100 * r['gemini_429'] / max(r['gemini_requests'], 1):.1f} %"),
         ("deferrals (sum)", lambda r: str(r["deferrals"])),
-        ("one job's duration (fastest)", lambda r: f"{r['job_seconds']:.1f} s"),
+        ("one job's duration (fastest)", lambda r: f"{r['job_seconds']:.2f} s"),
         ("user B's longest wait", b_waits),
         ("user B's waits, in job durations", b_each),
     ]

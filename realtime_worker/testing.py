@@ -199,17 +199,19 @@ class InMemoryQueue:
         return [self._claim(item, worker, lease_seconds) for item in chosen]
 
     def _turns_first(self, limit: int) -> list[MemoryJob]:
-        """As worker_claim_jobs (0012_fair_claims.sql): each user's oldest due job, the user
-        served longest ago first; then the oldest due jobs."""
+        """As worker_claim_jobs (0015_round_robin_batches.sql): round by round, every user's
+        next due job, the user served longest ago first within a round, oldest first among
+        equals."""
         def age(item: MemoryJob) -> tuple[Any, UUID]:
             return item.job.created_at, item.job.id
 
         due = sorted((item for item in self.jobs.values() if self._due(item)), key=age)
-        heads = list({item.job.user_id: item for item in reversed(due)}.values())
-        heads = sorted(heads, key=lambda item: (self.turns.get(item.job.user_id, 0), *age(item)))
-        chosen = heads[:limit]
-        rest = [item for item in due[:limit] if item not in chosen]
-        return (chosen + rest)[:limit]
+        seen: dict[UUID, int] = {}
+        rounds = []
+        for item in due:
+            seen[item.job.user_id] = seen.get(item.job.user_id, 0) + 1
+            rounds.append((seen[item.job.user_id], self.turns.get(item.job.user_id, 0), *age(item), item))
+        return [entry[-1] for entry in sorted(rounds, key=lambda e: e[:-1])][:limit]
 
     async def heartbeat(self, job_id: UUID, worker: str, lease_seconds: int) -> bool:
         self.calls.append("heartbeat")

@@ -117,6 +117,19 @@ async def test_a_batch_takes_each_users_oldest_first_then_the_oldest(harness: Ha
     assert {job.id for job in await harness.queue.claim_jobs(B, 10, 60)} == set(burst[2:])
 
 
+async def test_a_batch_goes_round_by_round_between_users(harness: Harness) -> None:
+    burst = []
+    for _ in range(6):
+        burst.append(await harness.add(user="a"))
+        await harness.advance(1)
+    assert [job.id for job in await harness.queue.claim_jobs(B, 1, 60)] == burst[:1]  # a served
+    late = [await harness.add(user="b") for _ in range(3)]
+    await harness.advance(1)
+    # Two rounds: b (never served) then a, then b's and a's second jobs; not one of b and three of a.
+    assert {job.id for job in await harness.queue.claim_jobs(B, 4, 60)} == {*late[:2], *burst[1:3]}
+    assert {job.id for job in await harness.queue.claim_jobs(B, 2, 60)} == {late[2], burst[3]}
+
+
 async def test_claim_jobs_with_no_room_claims_nothing(harness: Harness) -> None:
     job_id = await harness.add()
     assert await harness.queue.claim_jobs(A, 0, 60) == []
