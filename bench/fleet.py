@@ -4,7 +4,7 @@
 scratch database, its own devstack (in this process) and its own fake Gemini key with a quota of
 Q requests per minute and 2 s per generation: 3 worker processes (MAX_CONCURRENT_JOBS=SLOTS,
 default 2, the pipeline processor), a burst of BURST jobs from user A, then 5 jobs of user B 10 s
-later.
+later. ``FLEET_CLAIM_AHEAD_SECONDS`` sets the fleet's GEMINI_CLAIM_AHEAD_SECONDS (else its default).
 
 * today: the worker as of BASELINE (``git archive``; a 429 uses an attempt, claims oldest first),
   on the same schema with worker_claim_jobs as it was (0002);
@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import io
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -293,13 +294,19 @@ def report(scenarios: list[Scenario], q: int, burst: int, took: float) -> None:
         print(f"{'CREMA instances, ' + s.name:<30} | {timeline(s)}")
 
 
+def ahead() -> dict[str, str]:
+    """GEMINI_CLAIM_AHEAD_SECONDS for the fleet's workers, when the bench is given one."""
+    value = os.environ.get("FLEET_CLAIM_AHEAD_SECONDS")
+    return {"GEMINI_CLAIM_AHEAD_SECONDS": value} if value else {}
+
+
 async def main(q: int, burst: int, slots: int = SLOTS) -> None:
     with temp_folder() as folder:
         path, claims = baseline_tree(folder / "baseline")
         scenarios = [
             Scenario("today", {}, pythonpath=path, old_claims=claims, slots=slots),
-            Scenario("fleet", {"GEMINI_RPM": str(q), "GEMINI_MAX_CONCURRENT": str(WORKERS * slots)},
-                     slots=slots),
+            Scenario("fleet", {"GEMINI_RPM": str(q), "GEMINI_MAX_CONCURRENT": str(WORKERS * slots),
+                               **ahead()}, slots=slots),
         ]
         async with postgres_server(folder) as admin, contextlib.AsyncExitStack() as stacks:
             opened = [await open_stack(stacks, admin, s, q, folder) for s in scenarios]

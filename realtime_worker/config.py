@@ -117,7 +117,7 @@ class WorkerSettings(ToolSettings):
     gemini_budget_wait_seconds: float = Field(30.0, validation_alias="GEMINI_BUDGET_WAIT_SECONDS", ge=0)
     # With the budget, a job is claimed only when its Gemini turn comes within this many seconds.
     gemini_claim_ahead_seconds: float = Field(
-        2.0, validation_alias="GEMINI_CLAIM_AHEAD_SECONDS", ge=0, le=60)
+        0.5, validation_alias="GEMINI_CLAIM_AHEAD_SECONDS", ge=0, le=60)
     worker_mode: Literal["realtime", "poll"] = Field("realtime", validation_alias="WORKER_MODE")
     wakeup_source: Literal["postgres_changes", "broadcast"] = Field(
         "postgres_changes", validation_alias="WAKEUP_SOURCE")
