@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
     results.load_end = harness.load_average()
     output = args.output or (Path("BENCHMARKS.md") if "all" in args.names else None)
     if args.update is not None:
-        results, output = merge(load(args.update), results), args.output or args.update
+        results, output = merge(load(args.update), results, names), args.output or args.update
     print("\n" + markdown(results))
     if output is not None and not args.no_write:
         write(results, output)

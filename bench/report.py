@@ -178,8 +178,9 @@ def load(path: Path) -> Results:
     return Results(**data)
 
 
-def merge(old: Results, new: Results) -> Results:
-    """``old`` with the sections and targets ``new`` measured again replaced by the new ones."""
+def merge(old: Results, new: Results, ran: list[str] | None = None) -> Results:
+    """``old`` with the sections and targets ``new`` measured again replaced by the new ones; a
+    failure ``old`` recorded for a scenario that ``ran`` again is gone with it."""
     sections = {s.title: s for s in new.sections}
     targets = {(t.issue, t.what): t for t in new.targets}
     kept_titles = {s.title for s in old.sections}
@@ -188,7 +189,8 @@ def merge(old: Results, new: Results) -> Results:
     old.sections += [s for s in new.sections if s.title not in kept_titles]
     old.targets = [targets.get((t.issue, t.what), t) for t in old.targets]
     old.targets += [t for t in new.targets if (t.issue, t.what) not in kept_keys]
-    old.failures += new.failures
+    again = tuple(f"{name}: " for name in ran or [])
+    old.failures = [f for f in old.failures if not f.startswith(again)] + new.failures
     rerun = ", ".join(s.title.split(":")[0] for s in new.sections) or "nothing"
     old.reruns.append(f"{rerun} measured again on {new.started:%Y-%m-%d %H:%M} UTC by `{new.command}` "
                       f"(load average {new.load_start} → {new.load_end}); those sections and targets "
