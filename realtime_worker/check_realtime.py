@@ -100,13 +100,20 @@ class Subscription:
             self._finish(failed("Realtime", detail, REALTIME_FIX))
 
 
-def system_error(error: Exception | None) -> dict[str, Any] | None:
-    """The system message inside a CHANNEL_ERROR (realtime-py puts its JSON in the exception)."""
+def error_payload(error: Exception | None) -> dict[str, Any] | None:
+    """The server's JSON that realtime-py puts in a channel error (a system message, a refused
+    join's reply), when there is one."""
     try:
         payload = json.loads(str(error)) if error is not None else None
     except ValueError:
         return None
-    return payload if isinstance(payload, dict) and "extension" in payload else None
+    return payload if isinstance(payload, dict) else None
+
+
+def system_error(error: Exception | None) -> dict[str, Any] | None:
+    """The system message inside a CHANNEL_ERROR."""
+    payload = error_payload(error)
+    return payload if payload is not None and "extension" in payload else None
 
 
 def realtime_error(exc: Exception) -> Outcome:
@@ -163,12 +170,9 @@ class PrivateJoin(Subscription):
 
 
 def join_refusal(error: Exception | None) -> str | None:
-    """The server's reason inside a refused join (realtime-py puts the reply's JSON in the error)."""
-    try:
-        payload = json.loads(str(error)) if error is not None else None
-    except ValueError:
-        return None
-    return str(payload["reason"]) if isinstance(payload, dict) and "reason" in payload else None
+    """The server's reason inside a refused join."""
+    payload = error_payload(error)
+    return str(payload["reason"]) if payload is not None and "reason" in payload else None
 
 
 async def broadcast_migration(client: AsyncClient) -> Outcome | None:
