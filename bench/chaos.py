@@ -102,6 +102,7 @@ class ChaosConfig:
     gemini_hang_fraction: float = 0.01
     key_reject_at: float = 0.7  # fraction of the insert phase: Gemini answers 401 from then on
     key_reject_seconds: float = 60.0  # … for this long, then accepts the key again
+    config_pause_seconds: float = 30.0  # the workers' first cool-down after it (CONFIG_PAUSE_SECONDS)
     large_photo_every: int = 4  # every n-th user's photo is a large one (large_photo in chaos_load)
     margin_seconds: float = 2.0
     keep: bool = False
@@ -119,7 +120,8 @@ class ChaosConfig:
                 "MAX_CONCURRENT_JOBS": str(self.max_concurrent_jobs),
                 "GEMINI_TIMEOUT_SECONDS": f"{self.gemini_timeout_seconds:g}",
                 "JOB_TIMEOUT_SECONDS": f"{self.job_timeout_seconds:g}",
-                "SHUTDOWN_GRACE_SECONDS": "2"}
+                "SHUTDOWN_GRACE_SECONDS": "2",
+                "CONFIG_PAUSE_SECONDS": f"{self.config_pause_seconds:g}"}
 
     def faults(self) -> dict[str, Any]:
         """Marginal rates as the issue states them; the fake draws its faults one after another,
@@ -453,7 +455,7 @@ def _report(config: ChaosConfig, verdict: Verdict, seconds: float) -> str:
         f"command: {config.command()}",
         f"workers: LEASE_SECONDS={config.lease_seconds} SWEEP_INTERVAL_SECONDS={config.sweep_seconds:g} "
         f"MAX_CONCURRENT_JOBS={config.max_concurrent_jobs} GEMINI_TIMEOUT_SECONDS="
-        f"{config.gemini_timeout_seconds:g}",
+        f"{config.gemini_timeout_seconds:g} CONFIG_PAUSE_SECONDS={config.config_pause_seconds:g}",
         f"faults: realtime drop {faults['realtime_drop_fraction']:.0%}, sockets cut every "
         f"{config.cut_every[0]:g}-{config.cut_every[1]:g} s; Gemini 429 5 %, 503 5 %, slow 2 % "
         f"({config.gemini_slow_seconds:g} s), safety 2 %; kill -9 every {config.kill_every[0]:g}-"

@@ -34,6 +34,9 @@ PRICE_CENTS_PER_IMAGE: dict[str, float] = {
 CLOUD_RUN_KILL_AFTER_SECONDS = 10.0
 CLOUD_RUN_GRACE_MAX_SECONDS = 8.5
 
+# The longest pause after Gemini refused the configuration (the doubling's cap).
+CONFIG_PAUSE_MAX_SECONDS = 600.0
+
 
 def on_cloud_run() -> bool:
     """Whether this process runs on Cloud Run (a service sets K_SERVICE, a worker pool
@@ -129,6 +132,9 @@ class WorkerSettings(ToolSettings):
     )
     lease_seconds: int = Field(60, validation_alias="LEASE_SECONDS", ge=3, le=3600)
     shutdown_grace_seconds: float = Field(8.0, validation_alias="SHUTDOWN_GRACE_SECONDS", ge=0)
+    # The first cool-down after Gemini refuses the configuration; each pause in a row doubles it.
+    config_pause_seconds: float = Field(30.0, validation_alias="CONFIG_PAUSE_SECONDS", gt=0,
+                                        le=CONFIG_PAUSE_MAX_SECONDS)
     port: int = Field(8080, validation_alias="PORT", ge=0, le=65535)
     pause_worker: bool = Field(False, validation_alias="PAUSE_WORKER")
     worker_id: str = Field(

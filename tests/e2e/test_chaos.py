@@ -20,9 +20,10 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Inheritance class Aiohttp:DeprecationWarning"),
 ]
 
-# The key refused for 5 s still pauses each worker it reaches for the 30 s cool-down.
+# The key refused for 5 s pauses each worker it reaches for a 4 s cool-down (doubled when a
+# worker meets the refusal again): the suite waits for the pause, not for the default 30 s.
 SHORT = ChaosConfig(jobs=200, seed=20261128, insert_seconds=30, budget_seconds=150,
-                    key_reject_seconds=5)
+                    key_reject_seconds=5, config_pause_seconds=4, job_timeout_seconds=15)
 
 
 async def test_short_chaos_run_loses_nothing_and_charges_once() -> None:

@@ -15,7 +15,6 @@ import anyio
 import asyncpg
 import pytest
 
-from realtime_worker.pause import PauseSettings
 from realtime_worker.pipeline import open_pipeline
 from realtime_worker.worker import Worker
 from realtime_worker_devstack.server import Devstack
@@ -58,9 +57,8 @@ async def test_a_refused_key_pauses_claiming_and_the_queue_waits_for_the_fix(
         await insert_job(conn, user, {"text_prompt": subject})
     worker = Worker(settings(devstack, GEMINI_MODEL=MODEL, MAX_CONCURRENT_JOBS="2",
                              SWEEP_INTERVAL_SECONDS="0.2", IMAGE_THREADS="1",
-                             GEMINI_TIMEOUT_SECONDS="10"),
-                    open_pipeline, listener=listener_settings(devstack),
-                    config_pause=PauseSettings(initial_seconds=COOL_DOWN, max_seconds=COOL_DOWN))
+                             GEMINI_TIMEOUT_SECONDS="10", CONFIG_PAUSE_SECONDS=f"{COOL_DOWN:g}"),
+                    open_pipeline, listener=listener_settings(devstack))
     async with anyio.create_task_group() as tg:
         port = await tg.start(functools.partial(worker.run, host="127.0.0.1", install_signals=False))
         try:

@@ -67,7 +67,8 @@ def test_reads_every_setting_from_the_environment(monkeypatch: pytest.MonkeyPatc
             GEMINI_TIMEOUT_SECONDS="12.5", WORKER_MODE="poll", POLL_INTERVAL_SECONDS="2",
             SWEEP_INTERVAL_SECONDS="45", MAX_CONCURRENT_JOBS="7", IMAGE_THREADS="3",
             LEASE_SECONDS="90", SHUTDOWN_GRACE_SECONDS="4", PORT="9000", LOG_FORMAT="json",
-            LOG_LEVEL="debug", PAUSE_WORKER="true", WORKER_ID="w-9", CLEAN_LINE_ART="false")
+            LOG_LEVEL="debug", PAUSE_WORKER="true", WORKER_ID="w-9", CLEAN_LINE_ART="false",
+            CONFIG_PAUSE_SECONDS="7.5")
     s = config.load(WorkerSettings)
     assert s.supabase_url == "https://project.supabase.co"
     assert s.supabase_service_role_key.get_secret_value() == SERVICE_KEY
@@ -78,6 +79,7 @@ def test_reads_every_setting_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert (s.poll_interval_seconds, s.sweep_interval_seconds) == (2, 45)
     assert (s.max_concurrent_jobs, s.image_threads, s.lease_seconds) == (7, 3, 90)
     assert (s.shutdown_grace_seconds, s.port) == (4, 9000)
+    assert s.config_pause_seconds == 7.5
     assert (s.log_format, s.log_level) == ("json", "DEBUG")
     assert (s.pause_worker, s.worker_id, s.clean_line_art) == (True, "w-9", False)
     assert s.idle_interval_seconds == 2
@@ -93,6 +95,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.worker_mode == "realtime"
     assert s.idle_interval_seconds == 30
     assert s.shutdown_grace_seconds == 8
+    assert s.config_pause_seconds == 30
     assert s.worker_id == f"{socket.gethostname()}-{os.getpid()}"
     assert s.image_threads == (os.cpu_count() or 1)
     assert (s.log_format, s.log_level) == ("pretty", "INFO")
@@ -147,6 +150,8 @@ def test_dotenv_in_working_directory_is_read(monkeypatch: pytest.MonkeyPatch, cl
     ("LOG_FORMAT", "xml"),
     ("LOG_LEVEL", "loud"),
     ("PAUSE_WORKER", "maybe"),
+    ("CONFIG_PAUSE_SECONDS", "0"),
+    ("CONFIG_PAUSE_SECONDS", "601"),
     ("WORKER_ID", ""),
 ])
 def test_bad_value_names_the_variable_in_one_line(
