@@ -235,18 +235,30 @@ def objects_match(job: JobRow, snap: Snapshot, root: Path) -> bool:
     return True
 
 
-def check_refunds(verdict: Verdict, snap: Snapshot, facts: Facts) -> None:
+def job_events(snap: Snapshot, sign: int) -> dict[uuid.UUID, list[asyncpg.Record]]:
+    """The ledger's rows of each job: its charge (``sign`` -1) or its refund (+1)."""
     events: dict[uuid.UUID, list[asyncpg.Record]] = defaultdict(list)
     for event in snap.events:
-        if event["job_id"] is not None:
+        if event["job_id"] is not None and event["delta"] * sign > 0:
             events[event["job_id"]].append(event)
+    return events
+
+
+def check_refunds(verdict: Verdict, snap: Snapshot, facts: Facts) -> None:
+    events, charges = job_events(snap, +1), job_events(snap, -1)
+    verdict.zero("jobs not charged exactly once in the ledger", [
+        j.id for j in snap.jobs.values()
+        if [e["delta"] for e in charges.get(j.id, [])] != [-1]])
     bad_failed = [j.id for j in snap.jobs.values() if j.status == "failed" and not refunded_once(
         j, events.get(j.id, []))]
     verdict.zero("failed jobs not refunded exactly once", bad_failed)
     verdict.zero("succeeded jobs refunded", [j.id for j in snap.jobs.values()
                                              if j.status == "succeeded" and (j.refunded or j.id in events)])
     verdict.zero("refunds of unknown jobs", [k for k in events if k not in snap.jobs])
-    verdict.zero("users whose ledger does not match their balance", ledger_mismatches(snap, facts))
+    verdict.zero("users whose ledger does not add up to their balance", [
+        user for user in facts.start_balances
+        if sum(e["delta"] for e in snap.events if e["user_id"] == user) != snap.balances.get(user)])
+    verdict.zero("users whose balance is not start - jobs + refunds", ledger_mismatches(snap, facts))
     verdict.figure("refunds", f"{sum(len(v) for v in events.values())} credit_events rows "
                    f"(reason generation_failed) for {len(facts.start_balances)} users")
 
@@ -261,8 +273,8 @@ def ledger_mismatches(snap: Snapshot, facts: Facts) -> list[str]:
     """start - jobs submitted + refunds == credits.balance, and events agree with refunded_at."""
     submitted = Counter(j.user_id for j in snap.jobs.values())
     refunds: Counter[uuid.UUID] = Counter()
-    for event in snap.events:
-        if event["job_id"] is not None:  # the sign-up and purchase rows are in ``start`` already
+    for event in snap.events:  # the sign-up and purchase rows are in ``start`` already
+        if event["job_id"] is not None and event["delta"] > 0:
             refunds[event["user_id"]] += event["delta"]
     wrong = []
     for user, start in facts.start_balances.items():

@@ -1,6 +1,7 @@
 """Creating and requeueing jobs from the command line, the way the app does (``DATABASE_URL``).
 
-``submit`` deducts one credit and inserts a queued job in one transaction. ``requeue`` puts a
+``submit`` deducts one credit, inserts a queued job and writes the charge in the ledger
+(``credit_events``), in one transaction. ``requeue`` puts a
 failed job back in the queue by hand; a refunded job is requeued free of charge
 (``credits_charged = 0``), so the credit ledger stays exact whatever happens next.
 """
@@ -35,13 +36,16 @@ async def _user_id(conn: asyncpg.Connection, email: str | None, user_id: UUID | 
 
 async def submit(conn: asyncpg.Connection, params: dict[str, Any], *,
                  email: str | None = None, user_id: UUID | None = None) -> UUID:
-    """Deduct a credit and insert a queued job; SubmitError when the user has none left."""
+    """Deduct a credit, insert a queued job and record the charge; SubmitError when the user has
+    none left."""
     async with conn.transaction():
         owner = await _user_id(conn, email, user_id)
         charged = await conn.fetchval(sql.query("charge_credit"), owner)
         if charged is None:
             raise SubmitError("the user has no credits left")
         job_id = await conn.fetchval(sql.query("insert_job"), owner, json.dumps(params))
+        reason = "edit_queued" if "edit_parent_id" in params else "generation_queued"
+        await conn.execute(sql.query("record_charge"), owner, reason, job_id)
     return UUID(str(job_id))
 
 

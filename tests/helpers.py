@@ -49,8 +49,9 @@ async def balance(conn: asyncpg.Connection, user_id: uuid.UUID) -> int:
 
 
 async def refunds(conn: asyncpg.Connection, job_id: uuid.UUID) -> int:
+    """The job's refund rows in the ledger (a charge by create_job or submit carries the job too)."""
     value: int = await conn.fetchval(
-        "select count(*) from public.credit_events where job_id = $1", job_id)
+        "select count(*) from public.credit_events where job_id = $1 and delta > 0", job_id)
     return value
 
 

@@ -30,6 +30,10 @@ returning balance;
 -- name: insert_job
 insert into public.jobs (user_id, params_json) values ($1, $2::jsonb) returning id;
 
+-- name: record_charge
+-- The ledger's row of the charge, with the reasons the app's routes write (and create_job).
+insert into public.credit_events (user_id, delta, reason, job_id) values ($1, -1, $2, $3);
+
 -- name: requeue_failed_job
 -- A refunded job is requeued free of charge, so the ledger stays exact whatever happens next.
 update public.jobs set status = 'queued', attempts = 0, run_after = now(),

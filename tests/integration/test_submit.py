@@ -12,6 +12,7 @@ import pytest
 from realtime_worker import submit
 from tests.conftest import Database
 from tests.helpers import balance, job, make_user, refunds
+from tests.security.support import ledger_total
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +33,14 @@ async def test_submit_charges_one_credit_and_queues(conn: asyncpg.Connection) ->
     row = await job(conn, job_id)
     assert (row["status"], row["user_id"], row["credits_charged"]) == ("queued", user, 1)
     assert await balance(conn, user) == 1
+    # The ledger explains the balance (DESIGN.md, Money): the charge is there, with its job.
+    charge = await conn.fetchrow("select delta, reason from credit_events where job_id = $1", job_id)
+    assert charge is not None and tuple(charge) == (-1, "generation_queued")
+    assert await ledger_total(conn, user) == 1
+    edit = await submit.submit(conn, {"edit_parent_id": str(job_id), "edit_prompt": "a hat"},
+                               user_id=user)
+    assert await conn.fetchval("select reason from credit_events where job_id = $1", edit) == "edit_queued"
+    assert await ledger_total(conn, user) == await balance(conn, user) == 0
 
 
 async def test_submit_without_credits_creates_nothing(conn: asyncpg.Connection) -> None:
