@@ -111,6 +111,8 @@ class Dispatcher:
         self._serving = False  # run(), not drain(): the end of a pause wakes the loop
         self._resume: anyio.CancelScope | None = None
         self._retry_timer = WakeTimer(lambda: self.wake(None, "retry_due"))
+        self._room_in: float | None = None  # drain(): seconds until the budget has room again
+        self._stop_asked = anyio.Event()
         self._runner = JobRunner(queue, processor, settings.run, metrics)
         self.last_tick = anyio.current_time()
 
@@ -152,11 +154,22 @@ class Dispatcher:
             self._tg = tg
             while not self._stopping:
                 changed = self._changed  # set by any job that ends from now on
+                self._take_room_hint()  # only this round's claim counts
                 claimed = await self._fill("once")
                 if not self._running and not claimed:
-                    break
-                await changed.wait()
+                    room_in = self._take_room_hint()
+                    if room_in is None:
+                        break
+                    # The fleet's budget held due jobs back: they are due all the same.
+                    with anyio.move_on_after(room_in):
+                        await self._stop_asked.wait()
+                else:
+                    await changed.wait()
                 self.last_tick = anyio.current_time()
+
+    def _take_room_hint(self) -> float | None:
+        room_in, self._room_in = self._room_in, None
+        return room_in
 
     async def shutdown(self) -> None:
         """Stop claiming, give running jobs the grace period, then cancel and release them.
@@ -166,6 +179,7 @@ class Dispatcher:
         given back without being started.
         """
         self._stopping = True
+        self._stop_asked.set()
         self._send.close()
         if self._resume is not None:
             self._resume.cancel()
@@ -338,6 +352,8 @@ class Dispatcher:
 
     def wake_in(self, delay: float) -> None:
         """Claim again in ``delay`` seconds (the fleet's Gemini budget has room then)."""
+        if not self._serving:
+            self._room_in = delay  # drain() waits for it once nothing runs
         self._due_again(delay)
 
     def _due_again(self, delay: float | None) -> None:

@@ -7,6 +7,7 @@ import json
 import uuid
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
@@ -15,8 +16,12 @@ from realtime_worker.budget_claims import BudgetedClaims
 from realtime_worker.generator import GeneratedImage, GenerationRequest
 from realtime_worker.queue import SupabaseQueue
 from realtime_worker.rpc import open_rpc
+from realtime_worker.worker import Worker
 from realtime_worker_devstack.server import Devstack
+from tests.conftest import Database
 from tests.helpers import insert_job, make_user
+from tests.waiting import wait_for
+from tests.workers import SCRIPTED, claimed, settings, statuses
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +165,42 @@ async def test_the_adapter_asks_to_be_woken_when_the_budget_held_a_claim_back(
         claims.on_room = woken.append
         assert len(await claims.claim_jobs("w1", 4, 30)) == 1
         assert len(woken) == 1 and 1.0 < woken[0] <= 1.5  # turn at 2 s, within 0.5 s at 1.5 s
+
+
+async def test_once_waits_for_the_budget_and_drains_every_due_job(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    """``--once`` with the fleet's budget: a claim the budget holds back is due all the same, so
+    the run waits for the room instead of ending with due jobs still queued."""
+    await queue_jobs(conn, 5)
+    worker = Worker(settings(devstack, GEMINI_RPM="120", MAX_CONCURRENT_JOBS="5"), SCRIPTED)
+    with anyio.fail_after(30):
+        await worker.run(once=True, host="127.0.0.1", install_signals=False)
+    assert await statuses(db.dsn) == {"succeeded": 5}
+    # One turn every 0.5 s: the five started over at least 2 s, not all in the first claim.
+    assert claimed(worker, "once") == 5
+    starts = await conn.fetchval("select extract(epoch from max(started_at) - min(started_at))"
+                                 " from public.jobs")
+    assert starts >= 1.5
+
+
+async def test_a_stop_ends_a_once_run_that_waits_for_the_budget(
+        devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
+    await queue_jobs(conn, 3)
+    worker = Worker(settings(devstack, GEMINI_RPM="3"), SCRIPTED)  # a turn every 20 s
+    ended = anyio.Event()
+
+    async def once() -> None:
+        await worker.run(once=True, host="127.0.0.1", install_signals=False)
+        ended.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(once)
+        await wait_for(lambda: _succeeded(db, 1), within=20, what="the first job")
+        worker.request_stop()
+        with anyio.fail_after(5):  # not the ~20 s until the budget's next turn
+            await ended.wait()
+    assert await statuses(db.dsn) == {"succeeded": 1, "queued": 2}
+
+
+async def _succeeded(db: Database, count: int) -> bool:
+    return (await statuses(db.dsn)).get("succeeded", 0) == count
