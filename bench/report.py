@@ -75,6 +75,8 @@ class Results:
     failures: list[str] = field(default_factory=list)
     load_end: str = ""
     reruns: list[str] = field(default_factory=list)
+    # Read when the run starts: a report written again elsewhere keeps the measuring machine's.
+    machine: dict[str, str] = field(default_factory=lambda: machine_facts())
 
     def section(self, title: str) -> Section:
         section = Section(title, load=load_average())
@@ -118,17 +120,28 @@ def package_versions() -> str:
     return ", ".join(found)
 
 
+def machine_facts() -> dict[str, str]:
+    """This machine, as a report's facts table shows it."""
+    return {"CPU": f"{os.cpu_count()} cores, {cpu_model()}", "memory": memory_gib(),
+            "OS": platform.platform(), "Python": sys.version.split()[0],
+            "packages": package_versions()}
+
+
 def machine_rows(results: Results) -> list[tuple[str, str]]:
+    m = results.machine
     return [
         ("date (UTC)", results.started.strftime("%Y-%m-%d %H:%M")),
-        ("CPU", f"{os.cpu_count()} cores, {cpu_model()}"),
-        ("memory", memory_gib()),
-        ("OS", platform.platform()),
-        ("Python", sys.version.split()[0]),
+        *((name, m[name]) for name in ("CPU", "memory", "OS", "Python")),
         ("Postgres", f"{results.postgres} ({results.server})"),
-        ("packages", package_versions()),
+        ("packages", m["packages"]),
         ("load average (1/5/15 min) at start → end", f"{results.load_start} → {results.load_end}"),
     ]
+
+
+def written_facts(text: str) -> dict[str, str]:
+    """The machine facts of a report written before they were kept in its data: its table's."""
+    rows = dict(re.findall(r"^\| (CPU|memory|OS|Python|packages) \| (.*) \|$", text, re.M))
+    return rows if len(rows) == 5 else machine_facts()
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -168,10 +181,12 @@ def write(results: Results, path: Path) -> None:
 
 def load(path: Path) -> Results:
     """The results a report was written from (its trailing ``bench-data`` comment)."""
-    found = re.search(r"<!-- bench-data (.*) -->", path.read_text())
+    text = path.read_text()
+    found = re.search(r"<!-- bench-data (.*) -->", text)
     if found is None:
         raise ValueError(f"{path} carries no bench data to update")
     data = json.loads(found.group(1))
+    data.setdefault("machine", written_facts(text))
     data["started"] = datetime.fromisoformat(data["started"])
     data["sections"] = [Section(**s) for s in data["sections"]]
     data["targets"] = [Target(**t) for t in data["targets"]]
