@@ -13,8 +13,8 @@ dispatcher is woken then (``on_room``). Every other call goes to the queue uncha
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 from loguru import logger
@@ -23,6 +23,8 @@ from realtime_worker.budget import Budget, BudgetSettings, PrepaidGrants
 from realtime_worker.errors import QueueError
 from realtime_worker.jobs import Job, JobResult
 from realtime_worker.queue import SupabaseQueue
+
+T = TypeVar("T")
 
 
 def _ignore_room(_: float) -> None:
@@ -63,33 +65,30 @@ class BudgetedClaims:
         return await self._queue.heartbeat(job_id, worker, lease_seconds)
 
     async def complete(self, job_id: UUID, worker: str, result: JobResult) -> bool:
-        try:
-            return await self._queue.complete(job_id, worker, result)
-        finally:
-            await self._unused(job_id)
+        return await self._ended(job_id, self._queue.complete(job_id, worker, result))
 
     async def fail(self, job_id: UUID, worker: str, error: str, code: str,
                    retry_in_seconds: int | None) -> str | None:
-        try:
-            return await self._queue.fail(job_id, worker, error, code, retry_in_seconds)
-        finally:
-            await self._unused(job_id)
+        return await self._ended(job_id, self._queue.fail(job_id, worker, error, code,
+                                                          retry_in_seconds))
 
     async def defer(self, job_id: UUID, worker: str, error: str, code: str,
                     retry_in_seconds: int) -> str | None:
-        try:
-            return await self._queue.defer(job_id, worker, error, code, retry_in_seconds)
-        finally:
-            await self._unused(job_id)
+        return await self._ended(job_id, self._queue.defer(job_id, worker, error, code,
+                                                           retry_in_seconds))
 
     async def release(self, job_id: UUID, worker: str) -> bool:
-        try:
-            return await self._queue.release(job_id, worker)
-        finally:
-            await self._unused(job_id)
+        return await self._ended(job_id, self._queue.release(job_id, worker))
 
     async def reap_expired(self, limit: int) -> int:
         return await self._queue.reap_expired(limit)
+
+    async def _ended(self, job_id: UUID, outcome: Awaitable[T]) -> T:
+        """Write the job's outcome, then free the grant it never used (whatever the write did)."""
+        try:
+            return await outcome
+        finally:
+            await self._unused(job_id)
 
     async def _unused(self, job_id: UUID) -> None:
         """Free the grant of a job that ended before its Gemini request (its lease would, later)."""
