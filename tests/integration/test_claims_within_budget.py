@@ -14,6 +14,7 @@ import pytest
 from realtime_worker.budget import BudgetedGenerator, BudgetSettings, PrepaidGrants, SupabaseBudget
 from realtime_worker.budget_claims import BudgetedClaims
 from realtime_worker.generator import GeneratedImage, GenerationRequest
+from realtime_worker.pipeline import open_pipeline
 from realtime_worker.queue import SupabaseQueue
 from realtime_worker.rpc import open_rpc
 from realtime_worker.worker import Worker
@@ -21,7 +22,7 @@ from realtime_worker_devstack.server import Devstack
 from tests.conftest import Database
 from tests.helpers import insert_job, make_user
 from tests.waiting import wait_for
-from tests.workers import SCRIPTED, claimed, settings, statuses
+from tests.workers import claimed, settings, statuses
 
 pytestmark = pytest.mark.integration
 
@@ -170,23 +171,26 @@ async def test_the_adapter_asks_to_be_woken_when_the_budget_held_a_claim_back(
 async def test_once_waits_for_the_budget_and_drains_every_due_job(
         devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
     """``--once`` with the fleet's budget: a claim the budget holds back is due all the same, so
-    the run waits for the room instead of ending with due jobs still queued."""
-    await queue_jobs(conn, 5)
-    worker = Worker(settings(devstack, GEMINI_RPM="120", MAX_CONCURRENT_JOBS="5"), SCRIPTED)
+    the run waits for the room instead of ending with due jobs still queued. The real pipeline
+    (fake Gemini): each job uses its grant, so its turn is spent."""
+    await queue_jobs(conn, 3)
+    worker = Worker(settings(devstack, GEMINI_RPM="30", MAX_CONCURRENT_JOBS="3", IMAGE_THREADS="1"),
+                    open_pipeline)
     with anyio.fail_after(30):
         await worker.run(once=True, host="127.0.0.1", install_signals=False)
-    assert await statuses(db.dsn) == {"succeeded": 5}
-    # One turn every 0.5 s: the five started over at least 2 s, not all in the first claim.
-    assert claimed(worker, "once") == 5
+    assert await statuses(db.dsn) == {"succeeded": 3}
+    # One turn every 2 s: each claim took the one job whose turn was near, then the run waited.
+    assert claimed(worker, "once") == 3
     starts = await conn.fetchval("select extract(epoch from max(started_at) - min(started_at))"
                                  " from public.jobs")
-    assert starts >= 1.5
+    assert starts >= 3.0
 
 
 async def test_a_stop_ends_a_once_run_that_waits_for_the_budget(
         devstack: Devstack, db: Database, conn: asyncpg.Connection) -> None:
     await queue_jobs(conn, 3)
-    worker = Worker(settings(devstack, GEMINI_RPM="3"), SCRIPTED)  # a turn every 20 s
+    worker = Worker(settings(devstack, GEMINI_RPM="3", IMAGE_THREADS="1"),  # a turn every 20 s
+                    open_pipeline)
     ended = anyio.Event()
 
     async def once() -> None:

@@ -101,6 +101,27 @@ async def test_a_turn_beyond_the_wait_takes_no_grant(conn: asyncpg.Connection) -
     assert await conn.fetchval("select count(*) from realtime_worker.gemini_grants") == 1
 
 
+async def test_a_grant_never_used_gives_its_turn_back(conn: asyncpg.Connection) -> None:
+    """A job that failed before its Gemini request (bad input) made no request: its turn in the
+    rate comes back, so a run of such jobs does not hold the budget from everyone else (0016)."""
+    grants = [await acquire(conn, rpm=6) for _ in range(3)]  # turns at 0, 10 and 20 s
+    assert [round(g.wait_seconds) for g in grants] == [0, 10, 20]
+    assert await release(conn, grants[2].grant, "unused") == 6
+    assert await release(conn, grants[1].grant, "unused") == 6
+    assert round((await acquire(conn, rpm=6)).wait_seconds) == 10  # not 30
+    # Only the last turn goes back: an earlier one is a hole the rate cannot reuse (a request
+    # in it would make two within one interval of the grant now at 10 s).
+    assert await release(conn, grants[0].grant, "unused") == 6
+    tat = await conn.fetchval("select extract(epoch from tat - now()) from realtime_worker.gemini_budget")
+    assert 19 < tat <= 20
+    # Nor after a 429 moved the schedule: the hold stands.
+    held = await acquire(conn, rpm=6)
+    assert await release(conn, held.grant, "rate_limited", 60) == 3
+    assert await release(conn, (await acquire(conn, rpm=6, max_wait=120)).grant, "unused") == 3
+    waits = await acquire(conn, rpm=6, max_wait=120)
+    assert 59 < waits.wait_seconds <= 60
+
+
 async def test_a_429_halves_the_rate_once_and_holds_everyone_back(conn: asyncpg.Connection) -> None:
     grants = [await acquire(conn, rpm=6000) for _ in range(2)]
     assert await release(conn, grants[0].grant, "rate_limited", 7) == 3000
