@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from realtime_worker import limits
 from realtime_worker.errors import ConfigError
+from realtime_worker.pause import MAX_PAUSE_SECONDS
 
 DEFAULT_MODEL = "gemini-3.1-flash-lite-image"
 
@@ -33,9 +34,6 @@ PRICE_CENTS_PER_IMAGE: dict[str, float] = {
 # worker needs about a second of it to give unfinished jobs back.
 CLOUD_RUN_KILL_AFTER_SECONDS = 10.0
 CLOUD_RUN_GRACE_MAX_SECONDS = 8.5
-
-# The longest pause after Gemini refused the configuration (the doubling's cap).
-CONFIG_PAUSE_MAX_SECONDS = 600.0
 
 
 def on_cloud_run() -> bool:
@@ -134,7 +132,7 @@ class WorkerSettings(ToolSettings):
     shutdown_grace_seconds: float = Field(8.0, validation_alias="SHUTDOWN_GRACE_SECONDS", ge=0)
     # The first cool-down after Gemini refuses the configuration; each pause in a row doubles it.
     config_pause_seconds: float = Field(30.0, validation_alias="CONFIG_PAUSE_SECONDS", gt=0,
-                                        le=CONFIG_PAUSE_MAX_SECONDS)
+                                        le=MAX_PAUSE_SECONDS)
     port: int = Field(8080, validation_alias="PORT", ge=0, le=65535)
     pause_worker: bool = Field(False, validation_alias="PAUSE_WORKER")
     worker_id: str = Field(

@@ -12,13 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# The longest cool-down: the doubling's cap (CONFIG_PAUSE_SECONDS may not exceed it).
+MAX_PAUSE_SECONDS = 600.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class PauseSettings:
     """Cool-downs of the pause after a configuration error: the first one, and the doubling's cap."""
 
     initial_seconds: float = 30.0
-    max_seconds: float = 600.0
+    max_seconds: float = MAX_PAUSE_SECONDS
 
     def __post_init__(self) -> None:
         if not self.initial_seconds > 0:

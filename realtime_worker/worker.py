@@ -27,7 +27,7 @@ from loguru import logger
 from realtime_worker import early_signals, health, sweeper
 from realtime_worker.budget import PrepaidGrants, SupabaseBudget, budget_settings
 from realtime_worker.budget_claims import BudgetedClaims
-from realtime_worker.config import CONFIG_PAUSE_MAX_SECONDS, WorkerSettings
+from realtime_worker.config import WorkerSettings
 from realtime_worker.dispatcher import Dispatcher, DispatcherSettings
 from realtime_worker.errors import ConfigError, QueueError
 from realtime_worker.health_state import DatabaseProbe, HealthState
@@ -168,7 +168,7 @@ class Worker:
                  config_pause: PauseSettings | None = None, owns_process: bool = False) -> None:
         self.settings = settings
         self._config_pause = config_pause or PauseSettings(
-            initial_seconds=settings.config_pause_seconds, max_seconds=CONFIG_PAUSE_MAX_SECONDS)
+            initial_seconds=settings.config_pause_seconds)
         self._owns_process = owns_process
         self.metrics = metrics or Metrics()
         self._factory = factory
